@@ -1,0 +1,164 @@
+"""The worker contract (DESIGN §7): RunPod job input, signed progress events, result manifest.
+
+Installed in the worker image too, so it imports only pydantic and loraforge.models.
+The RunPod webhook echoes `input` back and RunPod's dashboard shows it: nothing here is a
+long-lived credential. The callback secret is derived per job and only lets its holder post
+events for that one job; presigned URLs are short-lived and prefix-scoped.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .models.artifact import Artifact
+from .models.errors import JobError
+from .models.job import CheckpointOptions, Hyperparameters, SampleOptions
+
+CONTRACT_VERSION = 1
+
+
+class Engine(StrEnum):
+    AI_TOOLKIT = "ai-toolkit"
+    DIFFUSERS = "diffusers"
+    TRL_SFT = "trl-sft"
+
+
+class TrainingSpec(BaseModel):
+    """Everything an engine needs to build its config: the preset's model facts + resolved knobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str
+    family: str
+    arch: str | None = Field(default=None, description="AI-Toolkit model.arch")
+    base_model: str = Field(description="HF id or local path of the base model")
+    assistant_lora_path: str | None = None
+    modality: Literal["image", "video", "text"] = "image"
+    noise_scheduler: str = "ddpm"
+    quantize: bool = False
+    low_vram: bool = False
+    hyperparameters: Hyperparameters
+    trigger_word: str | None = None
+    default_caption: str | None = Field(default=None, description="Caption for images without a .txt")
+    samples: SampleOptions = Field(default_factory=SampleOptions)
+    checkpoints: CheckpointOptions = Field(default_factory=CheckpointOptions)
+    checkpoint_every: int = Field(ge=1, description="Resolved save_every")
+    sample_every: int = Field(ge=1, description="Resolved sample_every")
+    sample_settings: dict[str, Any] = Field(default_factory=dict, description="guidance_scale, sample_steps, width, height, sampler…")
+    engine_options: dict[str, Any] = Field(default_factory=dict, description="Arch-specific engine keys from the preset")
+
+
+class DatasetSource(BaseModel):
+    url: str = Field(description="Presigned GET of dataset.zip")
+    sha256: str | None = None
+    size: int | None = None
+    max_bytes: int = Field(default=2 * 1024**3)
+
+
+class OutputTarget(BaseModel):
+    """One presigned POST policy: key must start with `prefix`, size within the policy's range."""
+
+    url: str
+    fields: dict[str, str]
+    prefix: str
+    max_bytes: int
+
+
+class Callback(BaseModel):
+    url: str = Field(description="POST target for signed worker events (…/v1/hooks/worker/{job})")
+    secret: str = Field(description="Per-job Standard Webhooks secret (whsec_…)")
+    min_interval_seconds: float = Field(default=3.0, ge=0.0, description="Progress throttle")
+
+
+class ResumeFrom(BaseModel):
+    step: int = Field(ge=1)
+    checkpoint_url: str
+    checkpoint_name: str
+    checkpoint_sha256: str | None = None
+    optimizer_url: str | None = None
+
+
+class WorkerInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    contract_version: int = CONTRACT_VERSION
+    job_id: str
+    attempt: int = Field(ge=1)
+    engine: Engine
+    spec: TrainingSpec
+    dataset: DatasetSource
+    output: OutputTarget
+    callback: Callback | None = None
+    resume: ResumeFrom | None = None
+    time_limit_seconds: int = Field(ge=60, description="The worker stops (keeping the last checkpoint) before RunPod's executionTimeout")
+
+
+class WorkerEventType(StrEnum):
+    STARTED = "started"
+    PROGRESS = "progress"
+    CHECKPOINT = "checkpoint"
+    SAMPLE = "sample"
+    LOG = "log"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class WorkerEvent(BaseModel):
+    """Body of a signed POST to the callback URL. `seq` increases by 1 per event within an attempt."""
+
+    job_id: str
+    attempt: int
+    seq: int = Field(ge=1)
+    type: WorkerEventType
+    at: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProgressData(BaseModel):
+    step: int
+    total_steps: int
+    loss: float | None = None
+    lr: float | None = None
+    eta_seconds: float | None = None
+    metrics: list[dict[str, Any]] = Field(default_factory=list, description="[{step, loss, lr}] since the last event")
+
+
+class Timings(BaseModel):
+    download: float = 0.0
+    prepare: float = 0.0
+    train: float = 0.0
+    upload: float = 0.0
+
+
+class WorkerErrorCode(StrEnum):
+    INVALID_INPUT = "INVALID_INPUT"
+    DATASET_UNREADABLE = "DATASET_UNREADABLE"
+    DATASET_CHECKSUM_MISMATCH = "DATASET_CHECKSUM_MISMATCH"
+    DATASET_UNSAFE = "DATASET_UNSAFE"
+    GPU_OOM = "GPU_OOM"
+    ENGINE_CRASHED = "ENGINE_CRASHED"
+    ENGINE_INCOMPLETE = "ENGINE_INCOMPLETE"
+    TIMEOUT = "TIMEOUT"
+    CANCELLED = "CANCELLED"
+    UPLOAD_FAILED = "UPLOAD_FAILED"
+    UNKNOWN_ENGINE = "UNKNOWN_ENGINE"
+
+
+class WorkerResult(BaseModel):
+    """The small manifest the handler returns (never file contents: RunPod caps payloads)."""
+
+    job_id: str
+    attempt: int
+    status: Literal["completed", "failed", "cancelled"]
+    steps: int = 0
+    total_steps: int = 0
+    final_loss: float | None = None
+    final: Artifact | None = None
+    artifacts: list[Artifact] = Field(default_factory=list)
+    timings: Timings = Field(default_factory=Timings)
+    error: JobError | None = None

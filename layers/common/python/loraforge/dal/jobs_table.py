@@ -1,0 +1,416 @@
+"""The single DynamoDB table (DESIGN §5): jobs, events, metrics, artifacts, datasets, capacity.
+
+Item layout
+  job       JOB#<id> / META          gsi1: OWNER#<owner> / <created_at>#<id>   gsi2: STATUS#<status> / <created_at>#<id>
+  event     JOB#<id> / EVT#<seq:012d>
+  dedupe    JOB#<id> / DEDUPE#<key>   (worker event idempotency markers)
+  metric    JOB#<id> / MET#<step:09d>
+  artifact  JOB#<id> / ART#<kind>#<step:09d>#<name>
+  dataset   DS#<id>  / META          gsi1: DSOWNER#<owner> / <created_at>#<id>
+  capacity  CAP#global / META, CAP#owner#<owner> / META   (`holders`: string set of job ids)
+
+gsi2 keys exist only on non-terminal jobs (sparse), so the queue and active scans never see
+finished work. There is no Scan anywhere: listing is Query with an opaque cursor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ..models.artifact import Artifact
+from ..models.common import iso, utcnow
+from ..models.dataset import Dataset
+from ..models.errors import Conflict, InvalidTransition, NotFound
+from ..models.event import EventType, JobEvent, MetricPoint
+from ..models.job import Job
+from ..models.status import (
+    DATASET_TRANSITIONS,
+    DatasetStatus,
+    JobStatus,
+    check_transition,
+    holds_capacity,
+    is_terminal,
+)
+from ..settings import get_settings
+from .clients import client
+from .dynamo import decode_cursor, deserialize, encode_cursor, serialize, serialize_value
+
+META = "META"
+GLOBAL_CAPACITY = "CAP#global"
+_KEY_ATTRS = {"pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "type", "expires_at"}
+MAX_PAGE = 100
+
+
+class CapacityFull(Exception):
+    """No free slot (global or for the owner): the job stays queued."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"no free capacity slot ({scope})")
+        self.scope = scope
+
+
+def job_pk(job_id: str) -> str:
+    return f"JOB#{job_id}"
+
+
+def owner_capacity_pk(owner: str) -> str:
+    return f"CAP#owner#{owner}"
+
+
+@dataclass
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+def _job_index_keys(job: Job) -> dict[str, Any]:
+    created = iso(job.created_at)
+    keys = {"gsi1pk": f"OWNER#{job.owner}", "gsi1sk": f"{created}#{job.id}"}
+    if not is_terminal(job.status):
+        keys |= {"gsi2pk": f"STATUS#{job.status}", "gsi2sk": f"{created}#{job.id}"}
+    return keys
+
+
+def _job_item(job: Job) -> dict[str, Any]:
+    body = job.model_dump(mode="json")
+    return {"pk": job_pk(job.id), "sk": META, "type": "job", **_job_index_keys(job), **body}
+
+
+def _strip(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k not in _KEY_ATTRS}
+
+
+def _cancellation_codes(exc: ClientError) -> list[str]:
+    return [r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])]
+
+
+class JobsTable:
+    def __init__(self, table_name: str | None = None) -> None:
+        self.name = table_name or get_settings().table_name
+
+    @property
+    def _ddb(self) -> Any:
+        return client("dynamodb")
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def create_job(self, job: Job) -> Job:
+        """1 write. Fails with Conflict if the id exists (ids are random; this guards replays)."""
+        try:
+            self._ddb.put_item(
+                TableName=self.name, Item=serialize(_job_item(job)), ConditionExpression="attribute_not_exists(pk)"
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise Conflict(f"job {job.id} already exists", code="JOB_EXISTS") from exc
+            raise
+        return job
+
+    def get_job(self, job_id: str, consistent: bool = True) -> Job | None:
+        """1 read."""
+        resp = self._ddb.get_item(
+            TableName=self.name, Key=serialize({"pk": job_pk(job_id), "sk": META}), ConsistentRead=consistent
+        )
+        item = resp.get("Item")
+        return Job.model_validate(_strip(deserialize(item))) if item else None
+
+    def get_job_for_owner(self, job_id: str, owner: str) -> Job:
+        """Another owner's job is indistinguishable from a missing one (404, never 403)."""
+        job = self.get_job(job_id) if job_id.startswith("job_") else None
+        if job is None or job.owner != owner:
+            raise NotFound(f"job {job_id} not found", code="JOB_NOT_FOUND")
+        return job
+
+    def list_jobs_by_owner(
+        self, owner: str, *, limit: int = 20, cursor: str | None = None, status: JobStatus | None = None
+    ) -> Page:
+        """Newest first. 1 query per page (a status filter may return short pages; keep following the cursor)."""
+        pk = f"OWNER#{owner}"
+        params: dict[str, Any] = {
+            "TableName": self.name,
+            "IndexName": "gsi1",
+            "KeyConditionExpression": "gsi1pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+            "ScanIndexForward": False,
+            "Limit": min(limit, MAX_PAGE),
+        }
+        start = decode_cursor(cursor, expected_keys={"pk", "sk", "gsi1pk", "gsi1sk"}, partition=("gsi1pk", pk))
+        if start:
+            params["ExclusiveStartKey"] = start
+        if status:
+            params["FilterExpression"] = "#s = :s"
+            params["ExpressionAttributeNames"] = {"#s": "status"}
+            params["ExpressionAttributeValues"][":s"] = {"S": str(status)}
+        resp = self._ddb.query(**params)
+        items = [Job.model_validate(_strip(deserialize(i))) for i in resp.get("Items", [])]
+        return Page(items=items, next_cursor=encode_cursor(resp.get("LastEvaluatedKey")))
+
+    def list_jobs_by_status(self, status: JobStatus, *, limit: int = 25, cursor: str | None = None) -> Page:
+        """Oldest first (the queue order). Only non-terminal statuses are indexed."""
+        pk = f"STATUS#{status}"
+        params: dict[str, Any] = {
+            "TableName": self.name,
+            "IndexName": "gsi2",
+            "KeyConditionExpression": "gsi2pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+            "ScanIndexForward": True,
+            "Limit": min(limit, MAX_PAGE),
+        }
+        start = decode_cursor(cursor, expected_keys={"pk", "sk", "gsi2pk", "gsi2sk"}, partition=("gsi2pk", pk))
+        if start:
+            params["ExclusiveStartKey"] = start
+        resp = self._ddb.query(**params)
+        items = [Job.model_validate(_strip(deserialize(i))) for i in resp.get("Items", [])]
+        return Page(items=items, next_cursor=encode_cursor(resp.get("LastEvaluatedKey")))
+
+    def transition(self, job: Job, target: JobStatus, **changes: Any) -> Job:
+        """Move `job` to `target` if it is still at (status, version); THE way a status changes.
+
+        Taking a capacity slot (entering an active status) or releasing one (leaving it) happens in
+        the same TransactWriteItems as the status write. Raises InvalidTransition when the table
+        forbids it or another writer got there first, CapacityFull when no slot is free.
+        """
+        check_transition(job.status, target)
+        now = utcnow()
+        updated = job.model_copy(update={**changes, "status": target, "version": job.version + 1, "updated_at": now})
+        if is_terminal(target) and updated.finished_at is None:
+            updated.finished_at = now
+        new_item = _job_item(updated)
+        # Replace the whole item under a condition: simple, and the item is small.
+        put = {
+            "TableName": self.name,
+            "Item": serialize(new_item),
+            "ConditionExpression": "#s = :from AND #v = :ver",
+            "ExpressionAttributeNames": {"#s": "status", "#v": "version"},
+            "ExpressionAttributeValues": {":from": {"S": str(job.status)}, ":ver": serialize_value(job.version)},
+        }
+        acquire = holds_capacity(target) and not holds_capacity(job.status)
+        release = holds_capacity(job.status) and not holds_capacity(target)
+        if not acquire and not release:
+            try:
+                self._ddb.put_item(**put)
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                    raise InvalidTransition(
+                        f"job {job.id} changed concurrently (expected '{job.status}' v{job.version})",
+                        code="CONCURRENT_UPDATE",
+                    ) from exc
+                raise
+            return updated
+        settings = get_settings()
+        scopes = [(GLOBAL_CAPACITY, settings.global_concurrency), (owner_capacity_pk(job.owner), settings.owner_concurrency)]
+        items: list[dict[str, Any]] = [{"Put": put}]
+        for pk, limit in scopes:
+            key = serialize({"pk": pk, "sk": META})
+            member = {":job": {"SS": [job.id]}}
+            if acquire:
+                items.append({"Update": {
+                    "TableName": self.name, "Key": key,
+                    "UpdateExpression": "ADD holders :job",
+                    "ConditionExpression": "attribute_not_exists(holders) OR size(holders) < :limit",
+                    "ExpressionAttributeValues": {**member, ":limit": {"N": str(limit)}},
+                }})
+            else:
+                items.append({"Update": {
+                    "TableName": self.name, "Key": key,
+                    "UpdateExpression": "DELETE holders :job",
+                    "ExpressionAttributeValues": member,
+                }})
+        try:
+            self._ddb.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            codes = _cancellation_codes(exc)
+            if codes and codes[0] == "ConditionalCheckFailed":
+                raise InvalidTransition(
+                    f"job {job.id} changed concurrently (expected '{job.status}' v{job.version})",
+                    code="CONCURRENT_UPDATE",
+                ) from exc
+            if "ConditionalCheckFailed" in codes[1:]:
+                scope = "global" if codes[1] == "ConditionalCheckFailed" else "owner"
+                raise CapacityFull(scope) from exc
+            raise
+        return updated
+
+    def update_job(self, job_id: str, *, set_fields: dict[str, Any], only_if_status: Iterable[JobStatus] | None = None,
+                   condition: str | None = None, values: dict[str, Any] | None = None) -> bool:
+        """Update non-status fields (progress, runpod id, cost…). Never touches status or version.
+
+        Returns False when the condition did not hold (e.g. the job is already terminal).
+        """
+        names = {f"#f{i}": k for i, k in enumerate(set_fields)}
+        vals = {f":v{i}": serialize_value(v) for i, v in enumerate(set_fields.values())}
+        expr = "SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(set_fields)))
+        conds = ["attribute_exists(pk)"]
+        if only_if_status is not None:
+            statuses = list(only_if_status)
+            names["#st"] = "status"
+            for i, s in enumerate(statuses):
+                vals[f":st{i}"] = {"S": str(s)}
+            conds.append("#st IN (" + ", ".join(f":st{i}" for i in range(len(statuses))) + ")")
+        if condition:
+            conds.append(f"({condition})")
+            vals |= {k: serialize_value(v) for k, v in (values or {}).items()}
+        try:
+            self._ddb.update_item(
+                TableName=self.name, Key=serialize({"pk": job_pk(job_id), "sk": META}), UpdateExpression=expr,
+                ConditionExpression=" AND ".join(conds), ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    # -- events, metrics, artifacts ----------------------------------------------------------------
+    def append_event(self, job_id: str, type_: EventType, data: dict[str, Any] | None = None, *,
+                     dedupe_key: str | None = None, at: datetime | None = None) -> JobEvent | None:
+        """1 update (allocate seq) + 1 write (or 1 transaction with a dedupe marker).
+
+        With `dedupe_key` a second append with the same key is a no-op returning None: worker
+        events and webhooks are delivered at least once.
+        """
+        resp = self._ddb.update_item(
+            TableName=self.name, Key=serialize({"pk": job_pk(job_id), "sk": META}),
+            UpdateExpression="ADD event_seq :one", ExpressionAttributeValues={":one": {"N": "1"}},
+            ConditionExpression="attribute_exists(pk)", ReturnValues="UPDATED_NEW",
+        )
+        seq = int(resp["Attributes"]["event_seq"]["N"])
+        event = JobEvent(seq=seq, type=type_, at=at or utcnow(), data=data or {})
+        item = {"pk": job_pk(job_id), "sk": f"EVT#{seq:012d}", "type": "event", **event.model_dump(mode="json")}
+        if dedupe_key is None:
+            self._ddb.put_item(TableName=self.name, Item=serialize(item))
+            return event
+        try:
+            self._ddb.transact_write_items(TransactItems=[
+                {"Put": {"TableName": self.name, "Item": serialize({"pk": job_pk(job_id), "sk": f"DEDUPE#{dedupe_key}", "seq": seq}),
+                         "ConditionExpression": "attribute_not_exists(pk)"}},
+                {"Put": {"TableName": self.name, "Item": serialize(item)}},
+            ])
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "TransactionCanceledException" and _cancellation_codes(exc)[0] == "ConditionalCheckFailed":
+                return None
+            raise
+        return event
+
+    def list_events(self, job_id: str, *, after: int = 0, limit: int = 100) -> list[JobEvent]:
+        resp = self._ddb.query(
+            TableName=self.name,
+            KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
+            ExpressionAttributeValues={":pk": {"S": job_pk(job_id)}, ":lo": {"S": f"EVT#{after + 1:012d}"},
+                                       ":hi": {"S": "EVT#999999999999"}},
+            Limit=min(limit, 500),
+        )
+        return [JobEvent.model_validate(_strip(deserialize(i))) for i in resp.get("Items", [])]
+
+    def put_metrics(self, job_id: str, points: Iterable[MetricPoint]) -> int:
+        """Idempotent by step (a redelivered point overwrites itself). Batched 25 per call."""
+        reqs = [{"PutRequest": {"Item": serialize({"pk": job_pk(job_id), "sk": f"MET#{p.step:09d}", "type": "metric",
+                                                  **p.model_dump(mode="json")})}} for p in points]
+        for i in range(0, len(reqs), 25):
+            pending: dict[str, Any] = {self.name: reqs[i:i + 25]}
+            while pending:
+                pending = self._ddb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+        return len(reqs)
+
+    def list_metrics(self, job_id: str, *, limit: int = 5000) -> list[MetricPoint]:
+        return [MetricPoint.model_validate(_strip(i)) for i in self._query_prefix(job_pk(job_id), "MET#", limit)]
+
+    def put_artifact(self, job_id: str, artifact: Artifact) -> None:
+        """Idempotent by (kind, step, name)."""
+        name = artifact.name or artifact.key.rsplit("/", 1)[-1]
+        art = artifact.model_copy(update={"name": name, "created_at": artifact.created_at or utcnow()})
+        item = {"pk": job_pk(job_id), "sk": f"ART#{art.kind}#{art.step:09d}#{name}", "type": "artifact",
+                **art.model_dump(mode="json")}
+        self._ddb.put_item(TableName=self.name, Item=serialize(item))
+
+    def list_artifacts(self, job_id: str, kind: str | None = None) -> list[Artifact]:
+        prefix = f"ART#{kind}#" if kind else "ART#"
+        return [Artifact.model_validate(_strip(i)) for i in self._query_prefix(job_pk(job_id), prefix, 10_000)]
+
+    def _query_prefix(self, pk: str, prefix: str, limit: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        params: dict[str, Any] = {
+            "TableName": self.name, "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
+            "ExpressionAttributeValues": {":pk": {"S": pk}, ":p": {"S": prefix}},
+        }
+        while len(out) < limit:
+            resp = self._ddb.query(**params)
+            out.extend(deserialize(i) for i in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                break
+            params["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return out[:limit]
+
+    # -- datasets ------------------------------------------------------------------------------
+    def create_dataset(self, dataset: Dataset) -> Dataset:
+        item = {"pk": f"DS#{dataset.id}", "sk": META, "type": "dataset", "gsi1pk": f"DSOWNER#{dataset.owner}",
+                "gsi1sk": f"{iso(dataset.created_at)}#{dataset.id}", **dataset.model_dump(mode="json")}
+        try:
+            self._ddb.put_item(TableName=self.name, Item=serialize(item), ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise Conflict(f"dataset {dataset.id} already exists", code="DATASET_EXISTS") from exc
+            raise
+        return dataset
+
+    def get_dataset(self, dataset_id: str) -> Dataset | None:
+        resp = self._ddb.get_item(TableName=self.name, Key=serialize({"pk": f"DS#{dataset_id}", "sk": META}),
+                                  ConsistentRead=True)
+        item = resp.get("Item")
+        return Dataset.model_validate(_strip(deserialize(item))) if item else None
+
+    def get_dataset_for_owner(self, dataset_id: str, owner: str) -> Dataset:
+        ds = self.get_dataset(dataset_id) if dataset_id.startswith("ds_") else None
+        if ds is None or ds.owner != owner:
+            raise NotFound(f"dataset {dataset_id} not found", code="DATASET_NOT_FOUND")
+        return ds
+
+    def save_dataset(self, dataset: Dataset, *, expected_version: int, expected_status: DatasetStatus) -> Dataset:
+        """Conditional replace; a status change must be allowed by DATASET_TRANSITIONS."""
+        if dataset.status != expected_status and dataset.status not in DATASET_TRANSITIONS[expected_status]:
+            raise InvalidTransition(f"a dataset in '{expected_status}' cannot become '{dataset.status}'")
+        updated = dataset.model_copy(update={"version": expected_version + 1, "updated_at": utcnow()})
+        item = {"pk": f"DS#{updated.id}", "sk": META, "type": "dataset", "gsi1pk": f"DSOWNER#{updated.owner}",
+                "gsi1sk": f"{iso(updated.created_at)}#{updated.id}", **updated.model_dump(mode="json")}
+        try:
+            self._ddb.put_item(
+                TableName=self.name, Item=serialize(item), ConditionExpression="#s = :s AND #v = :v",
+                ExpressionAttributeNames={"#s": "status", "#v": "version"},
+                ExpressionAttributeValues={":s": {"S": str(expected_status)}, ":v": serialize_value(expected_version)},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise InvalidTransition(f"dataset {dataset.id} changed concurrently", code="CONCURRENT_UPDATE") from exc
+            raise
+        return updated
+
+    def list_datasets_by_owner(self, owner: str, *, limit: int = 20, cursor: str | None = None) -> Page:
+        pk = f"DSOWNER#{owner}"
+        params: dict[str, Any] = {
+            "TableName": self.name, "IndexName": "gsi1", "KeyConditionExpression": "gsi1pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}}, "ScanIndexForward": False, "Limit": min(limit, MAX_PAGE),
+        }
+        start = decode_cursor(cursor, expected_keys={"pk", "sk", "gsi1pk", "gsi1sk"}, partition=("gsi1pk", pk))
+        if start:
+            params["ExclusiveStartKey"] = start
+        resp = self._ddb.query(**params)
+        items = [Dataset.model_validate(_strip(deserialize(i))) for i in resp.get("Items", [])]
+        return Page(items=items, next_cursor=encode_cursor(resp.get("LastEvaluatedKey")))
+
+    # -- capacity --------------------------------------------------------------------------------
+    def capacity_holders(self, owner: str | None = None) -> set[str]:
+        pk = owner_capacity_pk(owner) if owner else GLOBAL_CAPACITY
+        resp = self._ddb.get_item(TableName=self.name, Key=serialize({"pk": pk, "sk": META}), ConsistentRead=True)
+        return set(deserialize(resp.get("Item", {})).get("holders", []))
+
+    def release_leaked_slot(self, job_id: str, owner: str) -> None:
+        """Reconcile: remove a job that is no longer active from both semaphores (idempotent)."""
+        for pk in (GLOBAL_CAPACITY, owner_capacity_pk(owner)):
+            self._ddb.update_item(TableName=self.name, Key=serialize({"pk": pk, "sk": META}),
+                                  UpdateExpression="DELETE holders :job", ExpressionAttributeValues={":job": {"SS": [job_id]}})
