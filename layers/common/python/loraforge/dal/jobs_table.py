@@ -42,7 +42,7 @@ from .dynamo import decode_cursor, deserialize, encode_cursor, serialize, serial
 
 META = "META"
 GLOBAL_CAPACITY = "CAP#global"
-_KEY_ATTRS = {"pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "type", "expires_at"}
+_KEY_ATTRS = {"pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "entity", "expires_at", "event_seq"}
 MAX_PAGE = 100
 
 
@@ -78,7 +78,7 @@ def _job_index_keys(job: Job) -> dict[str, Any]:
 
 def _job_item(job: Job) -> dict[str, Any]:
     body = job.model_dump(mode="json")
-    return {"pk": job_pk(job.id), "sk": META, "type": "job", **_job_index_keys(job), **body}
+    return {"pk": job_pk(job.id), "sk": META, "entity": "job", **_job_index_keys(job), **body}
 
 
 def _strip(item: dict[str, Any]) -> dict[str, Any]:
@@ -179,20 +179,36 @@ class JobsTable:
         updated = job.model_copy(update={**changes, "status": target, "version": job.version + 1, "updated_at": now})
         if is_terminal(target) and updated.finished_at is None:
             updated.finished_at = now
-        new_item = _job_item(updated)
-        # Replace the whole item under a condition: simple, and the item is small.
-        put = {
+        # SET only what this transition changes: progress, the event counter and other fields written
+        # concurrently by update_job/append_event must survive a transition.
+        dumped = updated.model_dump(mode="json")
+        fields = {"status", "version", "updated_at", *changes} | ({"finished_at"} if is_terminal(target) else set())
+        set_values = {f: dumped[f] for f in sorted(fields)}
+        remove: list[str] = []
+        if is_terminal(target):
+            remove = ["gsi2pk", "gsi2sk"]
+        else:
+            set_values |= {k: v for k, v in _job_index_keys(updated).items() if k.startswith("gsi2")}
+        names = {f"#a{i}": k for i, k in enumerate(set_values)} | {f"#r{i}": k for i, k in enumerate(remove)}
+        names |= {"#s": "status", "#v": "version"}
+        values = {f":a{i}": serialize_value(v) for i, v in enumerate(set_values.values())}
+        values |= {":from": {"S": str(job.status)}, ":ver": serialize_value(job.version)}
+        expr = "SET " + ", ".join(f"#a{i} = :a{i}" for i in range(len(set_values)))
+        if remove:
+            expr += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove)))
+        update = {
             "TableName": self.name,
-            "Item": serialize(new_item),
+            "Key": serialize({"pk": job_pk(job.id), "sk": META}),
+            "UpdateExpression": expr,
             "ConditionExpression": "#s = :from AND #v = :ver",
-            "ExpressionAttributeNames": {"#s": "status", "#v": "version"},
-            "ExpressionAttributeValues": {":from": {"S": str(job.status)}, ":ver": serialize_value(job.version)},
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
         }
         acquire = holds_capacity(target) and not holds_capacity(job.status)
         release = holds_capacity(job.status) and not holds_capacity(target)
         if not acquire and not release:
             try:
-                self._ddb.put_item(**put)
+                self._ddb.update_item(**update)
             except ClientError as exc:
                 if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                     raise InvalidTransition(
@@ -203,7 +219,7 @@ class JobsTable:
             return updated
         settings = get_settings()
         scopes = [(GLOBAL_CAPACITY, settings.global_concurrency), (owner_capacity_pk(job.owner), settings.owner_concurrency)]
-        items: list[dict[str, Any]] = [{"Put": put}]
+        items: list[dict[str, Any]] = [{"Update": update}]
         for pk, limit in scopes:
             key = serialize({"pk": pk, "sk": META})
             member = {":job": {"SS": [job.id]}}
@@ -282,7 +298,7 @@ class JobsTable:
         )
         seq = int(resp["Attributes"]["event_seq"]["N"])
         event = JobEvent(seq=seq, type=type_, at=at or utcnow(), data=data or {})
-        item = {"pk": job_pk(job_id), "sk": f"EVT#{seq:012d}", "type": "event", **event.model_dump(mode="json")}
+        item = {"pk": job_pk(job_id), "sk": f"EVT#{seq:012d}", "entity": "event", **event.model_dump(mode="json")}
         if dedupe_key is None:
             self._ddb.put_item(TableName=self.name, Item=serialize(item))
             return event
@@ -310,7 +326,7 @@ class JobsTable:
 
     def put_metrics(self, job_id: str, points: Iterable[MetricPoint]) -> int:
         """Idempotent by step (a redelivered point overwrites itself). Batched 25 per call."""
-        reqs = [{"PutRequest": {"Item": serialize({"pk": job_pk(job_id), "sk": f"MET#{p.step:09d}", "type": "metric",
+        reqs = [{"PutRequest": {"Item": serialize({"pk": job_pk(job_id), "sk": f"MET#{p.step:09d}", "entity": "metric",
                                                   **p.model_dump(mode="json")})}} for p in points]
         for i in range(0, len(reqs), 25):
             pending: dict[str, Any] = {self.name: reqs[i:i + 25]}
@@ -325,7 +341,7 @@ class JobsTable:
         """Idempotent by (kind, step, name)."""
         name = artifact.name or artifact.key.rsplit("/", 1)[-1]
         art = artifact.model_copy(update={"name": name, "created_at": artifact.created_at or utcnow()})
-        item = {"pk": job_pk(job_id), "sk": f"ART#{art.kind}#{art.step:09d}#{name}", "type": "artifact",
+        item = {"pk": job_pk(job_id), "sk": f"ART#{art.kind}#{art.step:09d}#{name}", "entity": "artifact",
                 **art.model_dump(mode="json")}
         self._ddb.put_item(TableName=self.name, Item=serialize(item))
 
@@ -349,7 +365,7 @@ class JobsTable:
 
     # -- datasets ------------------------------------------------------------------------------
     def create_dataset(self, dataset: Dataset) -> Dataset:
-        item = {"pk": f"DS#{dataset.id}", "sk": META, "type": "dataset", "gsi1pk": f"DSOWNER#{dataset.owner}",
+        item = {"pk": f"DS#{dataset.id}", "sk": META, "entity": "dataset", "gsi1pk": f"DSOWNER#{dataset.owner}",
                 "gsi1sk": f"{iso(dataset.created_at)}#{dataset.id}", **dataset.model_dump(mode="json")}
         try:
             self._ddb.put_item(TableName=self.name, Item=serialize(item), ConditionExpression="attribute_not_exists(pk)")
@@ -376,7 +392,7 @@ class JobsTable:
         if dataset.status != expected_status and dataset.status not in DATASET_TRANSITIONS[expected_status]:
             raise InvalidTransition(f"a dataset in '{expected_status}' cannot become '{dataset.status}'")
         updated = dataset.model_copy(update={"version": expected_version + 1, "updated_at": utcnow()})
-        item = {"pk": f"DS#{updated.id}", "sk": META, "type": "dataset", "gsi1pk": f"DSOWNER#{updated.owner}",
+        item = {"pk": f"DS#{updated.id}", "sk": META, "entity": "dataset", "gsi1pk": f"DSOWNER#{updated.owner}",
                 "gsi1sk": f"{iso(updated.created_at)}#{updated.id}", **updated.model_dump(mode="json")}
         try:
             self._ddb.put_item(

@@ -1,0 +1,1 @@
+"""The `loraforge` command line (dev/user tool; never imported by Lambda code)."""

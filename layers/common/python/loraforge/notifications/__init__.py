@@ -1,0 +1,1 @@
+"""User-facing notifications: SNS email, signed webhooks, EventBridge events."""
