@@ -88,6 +88,11 @@ class WorkerInput(BaseModel):
     contract_version: int = CONTRACT_VERSION
     job_id: str
     attempt: int = Field(ge=1)
+    dispatch_token: str = Field(
+        description="Nonce of this dispatch. The worker's first (`started`) event carries it with its RunPod job id; the API "
+        "accepts one RunPod job per token and answers 409 to any other, so a duplicate run (a /run retried after an "
+        "unknown outcome) stops before training."
+    )
     engine: Engine
     spec: TrainingSpec
     dataset: DatasetSource
@@ -147,6 +152,7 @@ class WorkerErrorCode(StrEnum):
     CANCELLED = "CANCELLED"
     UPLOAD_FAILED = "UPLOAD_FAILED"
     UNKNOWN_ENGINE = "UNKNOWN_ENGINE"
+    DUPLICATE_RUN = "DUPLICATE_RUN"
 
 
 class WorkerResult(BaseModel):
