@@ -12,9 +12,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from .models.artifact import Artifact
+from .models.base import DomainModel
 from .models.errors import JobError
 from .models.job import CheckpointOptions, Hyperparameters, SampleOptions
 
@@ -27,7 +28,7 @@ class Engine(StrEnum):
     TRL_SFT = "trl-sft"
 
 
-class TrainingSpec(BaseModel):
+class TrainingSpec(DomainModel):
     """Everything an engine needs to build its config: the preset's model facts + resolved knobs."""
 
     model_config = ConfigDict(extra="forbid")
@@ -52,14 +53,14 @@ class TrainingSpec(BaseModel):
     engine_options: dict[str, Any] = Field(default_factory=dict, description="Arch-specific engine keys from the preset")
 
 
-class DatasetSource(BaseModel):
+class DatasetSource(DomainModel):
     url: str = Field(description="Presigned GET of dataset.zip")
     sha256: str | None = None
     size: int | None = None
     max_bytes: int = Field(default=2 * 1024**3)
 
 
-class OutputTarget(BaseModel):
+class OutputTarget(DomainModel):
     """One presigned POST policy: key must start with `prefix`, size within the policy's range."""
 
     url: str
@@ -68,13 +69,13 @@ class OutputTarget(BaseModel):
     max_bytes: int
 
 
-class Callback(BaseModel):
+class Callback(DomainModel):
     url: str = Field(description="POST target for signed worker events (…/v1/hooks/worker/{job})")
     secret: str = Field(description="Per-job Standard Webhooks secret (whsec_…)")
     min_interval_seconds: float = Field(default=3.0, ge=0.0, description="Progress throttle")
 
 
-class ResumeFrom(BaseModel):
+class ResumeFrom(DomainModel):
     step: int = Field(ge=1)
     checkpoint_url: str
     checkpoint_name: str
@@ -82,7 +83,7 @@ class ResumeFrom(BaseModel):
     optimizer_url: str | None = None
 
 
-class WorkerInput(BaseModel):
+class WorkerInput(DomainModel):
     model_config = ConfigDict(extra="forbid")
 
     contract_version: int = CONTRACT_VERSION
@@ -113,7 +114,7 @@ class WorkerEventType(StrEnum):
     CANCELLED = "cancelled"
 
 
-class WorkerEvent(BaseModel):
+class WorkerEvent(DomainModel):
     """Body of a signed POST to the callback URL. `seq` increases by 1 per event within an attempt."""
 
     job_id: str
@@ -124,7 +125,7 @@ class WorkerEvent(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class ProgressData(BaseModel):
+class ProgressData(DomainModel):
     step: int
     total_steps: int
     loss: float | None = None
@@ -133,7 +134,7 @@ class ProgressData(BaseModel):
     metrics: list[dict[str, Any]] = Field(default_factory=list, description="[{step, loss, lr}] since the last event")
 
 
-class Timings(BaseModel):
+class Timings(DomainModel):
     download: float = 0.0
     prepare: float = 0.0
     train: float = 0.0
@@ -155,7 +156,7 @@ class WorkerErrorCode(StrEnum):
     DUPLICATE_RUN = "DUPLICATE_RUN"
 
 
-class WorkerResult(BaseModel):
+class WorkerResult(DomainModel):
     """The small manifest the handler returns (never file contents: RunPod caps payloads)."""
 
     job_id: str

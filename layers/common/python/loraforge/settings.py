@@ -11,10 +11,12 @@ import os
 from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Settings(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     table_name: str = Field(default="loraforge-jobs")
     bucket_name: str = Field(default="loraforge-data")
     topic_arn: str | None = None

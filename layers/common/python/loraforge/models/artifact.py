@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from .base import DomainModel
 
 
 class ArtifactKind(StrEnum):
@@ -18,7 +20,7 @@ class ArtifactKind(StrEnum):
     OPTIMIZER = "optimizer"
 
 
-class Artifact(BaseModel):
+class Artifact(DomainModel):
     kind: ArtifactKind
     step: int = Field(ge=0, description="Training step the file belongs to (final: the last step)")
     key: str = Field(description="S3 key under jobs/<owner>/<job>/")

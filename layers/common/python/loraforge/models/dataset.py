@@ -6,8 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
+from .base import DomainModel
 from .status import DatasetStatus
 
 
@@ -19,7 +20,7 @@ class DatasetKind(StrEnum):
 DatasetName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")]
 
 
-class ManifestItem(BaseModel):
+class ManifestItem(DomainModel):
     key: str = Field(description="Path of the file inside dataset.zip")
     size: int
     sha256: str
@@ -30,13 +31,13 @@ class ManifestItem(BaseModel):
     notes: list[str] = Field(default_factory=list, description="e.g. CMYK_CONVERTED, BELOW_RECOMMENDED_RESOLUTION")
 
 
-class RejectedItem(BaseModel):
+class RejectedItem(DomainModel):
     key: str
     reason: str = Field(description="Stable reason code, e.g. PATH_TRAVERSAL, NOT_AN_IMAGE, DUPLICATE_IMAGE")
     message: str
 
 
-class DatasetStats(BaseModel):
+class DatasetStats(DomainModel):
     images: int = 0
     rejected: int = 0
     total_bytes: int = 0
@@ -45,7 +46,7 @@ class DatasetStats(BaseModel):
     captioned: int = 0
 
 
-class DatasetManifest(BaseModel):
+class DatasetManifest(DomainModel):
     dataset_id: str
     archive_key: str
     archive_sha256: str | None = None
@@ -56,12 +57,12 @@ class DatasetManifest(BaseModel):
     errors: list[str] = Field(default_factory=list, description="Reason codes that made the dataset invalid")
 
 
-class DatasetError(BaseModel):
+class DatasetError(DomainModel):
     code: str
     message: str
 
 
-class Dataset(BaseModel):
+class Dataset(DomainModel):
     id: str
     owner: str
     name: str

@@ -5,7 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from .base import DomainModel
 
 
 class ErrorKind(StrEnum):
@@ -15,7 +17,7 @@ class ErrorKind(StrEnum):
     SYSTEM = "system"
 
 
-class JobError(BaseModel):
+class JobError(DomainModel):
     code: str = Field(description="Stable machine-readable code, e.g. DATASET_INVALID, GPU_OOM, WORKER_SILENT")
     message: str = Field(description="What happened and what to do, for a person")
     kind: ErrorKind = ErrorKind.SYSTEM

@@ -6,7 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from .base import DomainModel
 
 
 class EventType(StrEnum):
@@ -26,14 +28,14 @@ class EventType(StrEnum):
     CANCELLED = "cancelled"
 
 
-class JobEvent(BaseModel):
+class JobEvent(DomainModel):
     seq: int = Field(ge=1, description="Per-job sequence; strictly increasing, may have gaps")
     type: EventType
     at: datetime
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class MetricPoint(BaseModel):
+class MetricPoint(DomainModel):
     step: int = Field(ge=0)
     loss: float | None = None
     lr: float | None = None

@@ -6,9 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
 from .artifact import Artifact
+from .base import DomainModel
 from .errors import JobError
 from .status import JobStatus
 
@@ -30,7 +31,7 @@ class LrScheduler(StrEnum):
     LINEAR = "linear"
 
 
-class Hyperparameters(BaseModel):
+class Hyperparameters(DomainModel):
     """Resolved training knobs. Absolute sanity bounds here; per-preset bounds in presets.yaml."""
 
     model_config = ConfigDict(extra="forbid")
@@ -48,7 +49,7 @@ class Hyperparameters(BaseModel):
     seed: int = Field(default=42, ge=0, le=2**31 - 1)
 
 
-class HyperparameterOverrides(BaseModel):
+class HyperparameterOverrides(DomainModel):
     """Any subset of Hyperparameters supplied by a user; the rest comes from the preset."""
 
     model_config = ConfigDict(extra="forbid")
@@ -66,21 +67,21 @@ class HyperparameterOverrides(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 
-class SampleOptions(BaseModel):
+class SampleOptions(DomainModel):
     model_config = ConfigDict(extra="forbid")
 
     prompts: list[Prompt] = Field(default_factory=list, max_length=8)
     every: int | None = Field(default=None, ge=1, le=100_000, description="Steps between samples; default = checkpoints.every")
 
 
-class CheckpointOptions(BaseModel):
+class CheckpointOptions(DomainModel):
     model_config = ConfigDict(extra="forbid")
 
     every: int | None = Field(default=None, ge=1, le=100_000, description="Steps between checkpoints; default from the preset")
     keep: int = Field(default=4, ge=1, le=50, description="How many step checkpoints to keep in S3")
 
 
-class NotifyOptions(BaseModel):
+class NotifyOptions(DomainModel):
     model_config = ConfigDict(extra="forbid")
 
     webhook_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
@@ -88,7 +89,7 @@ class NotifyOptions(BaseModel):
     on_running: bool = Field(default=False, description="Also notify when training starts")
 
 
-class Progress(BaseModel):
+class Progress(DomainModel):
     step: int = 0
     total_steps: int = 0
     percent: float = 0.0
@@ -96,13 +97,13 @@ class Progress(BaseModel):
     eta_seconds: float | None = None
 
 
-class Cost(BaseModel):
+class Cost(DomainModel):
     estimated_usd: float | None = None
     actual_usd: float | None = None
     billed_seconds: float | None = None
 
 
-class Estimate(BaseModel):
+class Estimate(DomainModel):
     seconds: float = Field(description="Expected training wall time including model load")
     cost_usd: float
     vram_gb: int
@@ -111,7 +112,7 @@ class Estimate(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-class JobResult(BaseModel):
+class JobResult(DomainModel):
     lora: Artifact | None = None
     steps: int | None = None
     final_loss: float | None = None
@@ -123,7 +124,7 @@ class JobSource(StrEnum):
     RETRY = "retry"
 
 
-class Job(BaseModel):
+class Job(DomainModel):
     """A training job as the API shows it (DESIGN §6) plus its control-plane fields."""
 
     id: str

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
+from .base import DomainModel
 from .dataset import DatasetKind, DatasetName
 from .job import CheckpointOptions, HyperparameterOverrides, NotifyOptions, SampleOptions, TriggerWord
 
@@ -15,7 +16,7 @@ MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 JobName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 
-class JobOptions(BaseModel):
+class JobOptions(DomainModel):
     """Everything about a job except which dataset it trains on."""
 
     model_config = ConfigDict(extra="forbid")
@@ -40,14 +41,14 @@ class DropConfig(JobOptions):
     preset: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "tiny-sd"
 
 
-class CreateDatasetRequest(BaseModel):
+class CreateDatasetRequest(DomainModel):
     model_config = ConfigDict(extra="forbid")
 
     name: DatasetName
     kind: DatasetKind = DatasetKind.IMAGES
 
 
-class CancelRequest(BaseModel):
+class CancelRequest(DomainModel):
     model_config = ConfigDict(extra="forbid")
 
     keep_latest: bool = Field(default=False, description="Make the newest stored checkpoint the result")
