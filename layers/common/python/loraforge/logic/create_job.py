@@ -1,0 +1,141 @@
+"""`POST /v1/jobs` and drop-to-train: check a job request against its dataset and preset, then queue it.
+
+The job is written in `queued` with a `created` event; the DynamoDB stream hands it to dispatch.
+
+Idempotency (powertools idempotency on the jobs table, keys scoped by owner and source): the same
+owner + key + body returns the job the first call created; the same key with another body is
+refused with 409 IDEMPOTENCY_KEY_REUSED. A failed call (bad input, dataset not ready) leaves no
+record, so the same key may be used again once the cause is fixed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from ..dal.clients import client
+from ..dal.jobs_table import JobsTable
+from ..models.common import new_id, utcnow
+from ..models.errors import Conflict, InvalidInput
+from ..models.event import EventType
+from ..models.job import Cost, Job, JobSource, Progress
+from ..models.requests import CreateJobRequest
+from ..models.status import JobStatus
+from ..observability import logger, metrics
+from ..settings import get_settings
+from .estimate_job import plan_job, ready_dataset
+
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+# Idempotency records share the jobs table. Their partition key must not look like a job or a
+# dataset (the stream consumers filter on JOB#/DS# META items).
+IDEMPOTENCY_PARTITION = "IDEMPOTENCY#create_job"
+
+
+def create_job(
+    owner: str,
+    request: CreateJobRequest,
+    *,
+    source: JobSource = JobSource.API,
+    idempotency_key: str | None = None,
+    lambda_context: Any = None,
+) -> Job:
+    """Queue a training job for `owner`. Raises NotFound, Conflict or InvalidInput with a stable code.
+
+    `lambda_context` (optional) bounds how long an in-progress idempotency record blocks a retry of
+    the same key when this invocation dies half-way: until the Lambda's own deadline.
+    """
+    if idempotency_key is None:
+        return _create(owner=owner, request=request, source=source)
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyAlreadyInProgressError,
+        IdempotencyValidationError,
+    )
+
+    create_once = _idempotent(_create, lambda_context)
+    data = {"owner": owner, "source": str(source), "key": idempotency_key, "request": request.model_dump(mode="json")}
+    try:
+        return create_once(idempotency_input=data, owner=owner, request=request, source=source)
+    except IdempotencyValidationError as exc:
+        raise Conflict(
+            "this Idempotency-Key was already used with a different request body: use a new key for a new job",
+            code="IDEMPOTENCY_KEY_REUSED",
+        ) from exc
+    except IdempotencyAlreadyInProgressError as exc:
+        raise Conflict(
+            "a request with this Idempotency-Key is still being processed: retry in a few seconds",
+            code="IDEMPOTENCY_KEY_IN_USE",
+        ) from exc
+
+
+def _idempotent(function: Any, lambda_context: Any) -> Any:
+    """Wrap `function` with powertools idempotency. Built per call: settings and clients change in tests."""
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer, IdempotencyConfig, idempotent_function
+    from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
+
+    persistence = DynamoDBPersistenceLayer(
+        table_name=get_settings().table_name,
+        key_attr="pk",
+        sort_key_attr="sk",
+        static_pk_value=IDEMPOTENCY_PARTITION,
+        expiry_attr="expires_at",
+        boto3_client=client("dynamodb"),
+    )
+    config = IdempotencyConfig(
+        event_key_jmespath="[owner, source, key]",
+        payload_validation_jmespath="request",
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=IDEMPOTENCY_TTL_SECONDS,
+        lambda_context=lambda_context,
+    )
+    return idempotent_function(
+        function,
+        data_keyword_argument="idempotency_input",
+        persistence_store=persistence,
+        config=config,
+        output_serializer=PydanticSerializer(model=Job),
+        key_prefix="create_job",
+    )
+
+
+def _create(*, owner: str, request: CreateJobRequest, source: JobSource, idempotency_input: dict[str, Any] | None = None) -> Job:
+    dataset = ready_dataset(owner, request.dataset_id)
+    plan = plan_job(request, dataset=dataset)
+    if dataset.stats.images < plan.preset.min_images:
+        raise InvalidInput(
+            f"dataset {dataset.id} has {dataset.stats.images} usable images; preset '{plan.preset.id}' needs at least "
+            f"{plan.preset.min_images} (recommended {plan.preset.recommended_images})",
+            code="TOO_FEW_IMAGES",
+            details={"images": dataset.stats.images, "min_images": plan.preset.min_images},
+        )
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        owner=owner,
+        status=JobStatus.QUEUED,
+        name=request.name,
+        preset=plan.preset.id,
+        dataset_id=dataset.id,
+        trigger_word=request.trigger_word,
+        hyperparameters=plan.hyperparameters,
+        samples=request.samples,
+        checkpoints=request.checkpoints,
+        notify=request.notify,
+        metadata=request.metadata,
+        source=source,
+        progress=Progress(total_steps=plan.hyperparameters.steps),
+        cost=Cost(estimated_usd=plan.estimate.cost_usd),
+        estimate=plan.estimate,
+        gpu_class=plan.preset.gpu_class,
+        created_at=now,
+        updated_at=now,
+    )
+    table = JobsTable()
+    table.create_job(job)
+    table.append_event(job.id, EventType.CREATED, {
+        "source": str(source), "preset": job.preset, "dataset_id": job.dataset_id,
+        "total_steps": job.hyperparameters.steps, "estimated_usd": plan.estimate.cost_usd,
+    })
+    metrics.add_metric(name="JobsCreated", unit=MetricUnit.Count, value=1)
+    logger.info("job created", extra={"job_id": job.id, "owner": owner, "preset": job.preset, "source": str(source)})
+    return job
