@@ -33,6 +33,13 @@ class Settings(BaseModel):
     max_dispatch_attempts: int = Field(default=5, ge=1)
     max_auto_retries: int = Field(default=1, ge=0)
     worker_silence_seconds: int = Field(default=900, ge=30)
+    runpod_max_retries: int = Field(default=4, ge=0, le=10, description="Retries of one RunPod call on 429/5xx/transport errors")
+    runpod_backoff_seconds: float = Field(default=0.5, ge=0.0, le=10.0, description="Base of the exponential backoff (full jitter)")
+    runpod_queue_ttl_seconds: int = Field(
+        default=3600, ge=60, le=6 * 24 * 3600,
+        description="How long a job may wait in RunPod's queue: policy.ttl = executionTimeout + this",
+    )
+    dispatch_retry_seconds: int = Field(default=30, ge=1, le=3600, description="Base delay before re-dispatching after RunPod refused /run")
     presign_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     upload_ttl_seconds: int = Field(default=900, ge=60, le=3600)
     max_dataset_bytes: int = Field(default=2 * 1024**3)
@@ -67,6 +74,10 @@ _ENV = {
     "max_dispatch_attempts": "MAX_DISPATCH_ATTEMPTS",
     "max_auto_retries": "MAX_AUTO_RETRIES",
     "worker_silence_seconds": "WORKER_SILENCE_SECONDS",
+    "runpod_max_retries": "RUNPOD_MAX_RETRIES",
+    "runpod_backoff_seconds": "RUNPOD_BACKOFF_SECONDS",
+    "runpod_queue_ttl_seconds": "RUNPOD_QUEUE_TTL_SECONDS",
+    "dispatch_retry_seconds": "DISPATCH_RETRY_SECONDS",
     "presign_ttl_seconds": "PRESIGN_TTL_SECONDS",
     "upload_ttl_seconds": "UPLOAD_TTL_SECONDS",
     "max_dataset_bytes": "MAX_DATASET_BYTES",

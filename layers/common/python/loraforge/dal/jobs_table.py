@@ -345,6 +345,12 @@ class JobsTable:
                 **art.model_dump(mode="json")}
         self._ddb.put_item(TableName=self.name, Item=serialize(item))
 
+    def delete_artifact(self, job_id: str, artifact: Artifact) -> None:
+        """1 delete; idempotent. Checkpoint retention removes the record of a pruned file."""
+        name = artifact.name or artifact.key.rsplit("/", 1)[-1]
+        self._ddb.delete_item(TableName=self.name,
+                              Key=serialize({"pk": job_pk(job_id), "sk": f"ART#{artifact.kind}#{artifact.step:09d}#{name}"}))
+
     def list_artifacts(self, job_id: str, kind: str | None = None) -> list[Artifact]:
         prefix = f"ART#{kind}#" if kind else "ART#"
         return [Artifact.model_validate(_strip(i)) for i in self._query_prefix(job_pk(job_id), prefix, 10_000)]

@@ -145,7 +145,9 @@ class Job(DomainModel):
     estimate: Estimate | None = None
     attempts: int = Field(default=1, description="Attempt number of the current run (1 = first)")
     retry_of: str | None = Field(default=None, description="The job this one retries, for a manual retry")
+    retried_by: str | None = Field(default=None, description="The job created by retrying this one")
     resume_from: Artifact | None = Field(default=None, description="Checkpoint the current attempt starts from")
+    resume_optimizer: Artifact | None = Field(default=None, description="Optimizer state stored with that checkpoint, if any")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
@@ -163,10 +165,15 @@ class Job(DomainModel):
     keep_latest: bool = False
     last_event_at: datetime | None = None
     worker_seq: int = Field(default=0, description="Highest worker event sequence applied for this attempt")
+    dispatch_token: str | None = Field(default=None, description="Nonce of the current dispatch; the worker's `started` event echoes it")
+    dispatched_at: datetime | None = Field(default=None, description="When the current dispatch claimed the job (a /run may exist from then on)")
+    auto_retries: int = Field(default=0, description="Automatic retries of system failures used by this job")
+    billed_runs: list[str] = Field(default_factory=list, description="RunPod job ids whose cost is included in cost.actual_usd")
 
     def public(self) -> dict[str, Any]:
         """The resource as the API returns it."""
         return self.model_dump(
             mode="json",
-            exclude={"version", "dispatch_attempts", "next_attempt_at", "worker_seq", "endpoint_id", "cancel_requested"},
+            exclude={"version", "dispatch_attempts", "next_attempt_at", "worker_seq", "endpoint_id", "cancel_requested",
+                     "dispatch_token", "dispatched_at", "auto_retries", "billed_runs"},
         )

@@ -1,0 +1,126 @@
+"""Apply the end of a run: THE code path shared by the RunPod webhook, worker events, reconcile and cancel.
+
+Whichever of them comes first wins through `JobsTable.transition` (conditional on status and
+version); the others re-read, see a terminal state or another run, and stop. A system failure
+with automatic retries left is not terminal: the job goes back to `queued` as a new attempt that
+resumes from its newest checkpoint. Every path that frees a capacity slot starts the oldest
+queued job at once (reconcile is only the backstop).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from ..dal.jobs_table import JobsTable
+from ..models.errors import ErrorKind, InvalidTransition, JobError
+from ..models.event import EventType
+from ..models.job import Job, JobResult, Progress
+from ..models.status import JobStatus, holds_capacity, is_terminal
+from ..observability import logger, metrics
+from ..settings import get_settings
+from .checkpoints import newest_checkpoint
+
+MAX_RACE_RETRIES = 4
+
+
+class Outcome(BaseModel):
+    """How a run ended, from whichever source saw it first."""
+
+    status: Literal["succeeded", "failed", "cancelled"]
+    source: Literal["runpod_webhook", "worker_event", "reconcile", "cancel", "dispatch"]
+    runpod_job_id: str | None = None
+    error: JobError | None = None
+    result: JobResult | None = None
+    retryable: bool = True
+    """False for failures an automatic retry cannot fix even when kind is system (e.g. cancelled on RunPod's console)."""
+
+
+def _auto_retry_allowed(job: Job, outcome: Outcome) -> bool:
+    return (
+        outcome.status == "failed"
+        and outcome.retryable
+        and outcome.error is not None
+        and outcome.error.kind == ErrorKind.SYSTEM
+        and not job.cancel_requested
+        and job.status in (JobStatus.STARTING, JobStatus.RUNNING)
+        and job.auto_retries < get_settings().max_auto_retries
+    )
+
+
+def _plan(table: JobsTable, job: Job, outcome: Outcome) -> tuple[JobStatus, dict[str, Any], EventType, dict[str, Any]]:
+    """Target status, field changes and the event to record, for `outcome` applied to `job`."""
+    event_data: dict[str, Any] = {"source": outcome.source, "runpod_job_id": outcome.runpod_job_id or job.runpod_job_id}
+    if _auto_retry_allowed(job, outcome):
+        stored = newest_checkpoint(table, job)
+        resume_step = stored.checkpoint.step if stored else 0
+        changes = {
+            "attempts": job.attempts + 1, "auto_retries": job.auto_retries + 1,
+            "resume_from": stored.checkpoint if stored else None, "resume_optimizer": stored.optimizer if stored else None,
+            "runpod_job_id": None, "endpoint_id": None, "dispatch_token": None, "dispatched_at": None,
+            "next_attempt_at": None, "dispatch_attempts": 0, "worker_seq": 0,
+            "progress": Progress(step=resume_step, total_steps=job.progress.total_steps,
+                                 percent=round(100.0 * resume_step / job.progress.total_steps, 1) if job.progress.total_steps else 0.0),
+        }
+        assert outcome.error is not None
+        event_data |= {"error": outcome.error.model_dump(mode="json"), "attempt": job.attempts + 1, "resume_step": resume_step}
+        return JobStatus.QUEUED, changes, EventType.RETRY_SCHEDULED, event_data
+    if job.status == JobStatus.CANCELLING and outcome.status != "succeeded":
+        # The user asked to stop: however the run ended (cancelled, killed, failed on the way down), it is cancelled.
+        # A run that succeeded before the cancel reached it keeps its LoRA (first terminal state wins).
+        changes: dict[str, Any] = {}
+        if job.keep_latest:
+            stored = newest_checkpoint(table, job)
+            if stored:
+                changes["result"] = JobResult(lora=stored.checkpoint, steps=stored.checkpoint.step)
+                event_data["kept_checkpoint_step"] = stored.checkpoint.step
+        return JobStatus.CANCELLED, changes, EventType.CANCELLED, event_data
+    if outcome.status == "succeeded":
+        changes = {"result": outcome.result}
+        if outcome.result and outcome.result.steps:
+            total = job.progress.total_steps or outcome.result.steps
+            changes["progress"] = job.progress.model_copy(update={"step": outcome.result.steps, "total_steps": total,
+                                                                  "percent": 100.0, "eta_seconds": 0.0,
+                                                                  "loss": outcome.result.final_loss or job.progress.loss})
+        return JobStatus.SUCCEEDED, changes, EventType.COMPLETED, event_data
+    error = outcome.error
+    if outcome.status == "cancelled":
+        # Stopped on RunPod without our asking (console, endpoint purge): not something a retry should undo.
+        error = error or JobError(code="RUNPOD_CANCELLED", message="the run was cancelled on RunPod outside loraforge",
+                                  kind=ErrorKind.SYSTEM)
+    error = error or JobError(code="WORKER_FAILED", message="the worker failed without a reason", kind=ErrorKind.SYSTEM)
+    event_data["error"] = error.model_dump(mode="json")
+    return JobStatus.FAILED, {"error": error}, EventType.FAILED, event_data
+
+
+def finish_job(table: JobsTable, job: Job, outcome: Outcome, *, start_next: bool = True) -> Job | None:
+    """Apply `outcome` to `job`. Returns the job after the change, or None when there was nothing to do
+
+    (already terminal, requeued by someone else, or the outcome belongs to another RunPod run).
+    """
+    for _ in range(MAX_RACE_RETRIES):
+        if is_terminal(job.status) or job.status == JobStatus.QUEUED:
+            return None
+        if outcome.runpod_job_id and job.runpod_job_id and outcome.runpod_job_id != job.runpod_job_id:
+            logger.info("outcome of another run ignored", extra={"job_id": job.id, "runpod_job_id": outcome.runpod_job_id})
+            return None
+        target, changes, event_type, event_data = _plan(table, job, outcome)
+        try:
+            updated = table.transition(job, target, **changes)
+        except InvalidTransition:
+            fresh = table.get_job(job.id)
+            if fresh is None:
+                return None
+            job = fresh
+            continue
+        table.append_event(job.id, event_type, event_data)
+        metrics.add_metric(name=f"Jobs{target.value.capitalize()}", unit="Count", value=1)
+        logger.info("job run ended", extra={"job_id": job.id, "from": str(job.status), "to": str(target), "source": outcome.source})
+        if start_next and holds_capacity(job.status):
+            from .dispatch import start_next_queued  # dispatch imports this module for its own failures
+
+            start_next_queued(table)
+        return updated
+    logger.warning("gave up applying an outcome after repeated races", extra={"job_id": job.id})
+    return None

@@ -1,0 +1,1 @@
+"""Adapters to outside platforms (RunPod's public endpoint API)."""
