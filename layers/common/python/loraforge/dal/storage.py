@@ -108,8 +108,12 @@ class Storage:
                 return out[:limit]
         return out
 
-    def copy(self, source_key: str, dest_key: str) -> None:
-        self._s3.copy_object(Bucket=self.bucket, Key=dest_key, CopySource={"Bucket": self.bucket, "Key": source_key})
+    def copy(self, source_key: str, dest_key: str, source_version_id: str | None = None) -> None:
+        """Server-side copy (single request: up to 5 GB). With `source_version_id`, exactly that version."""
+        source = {"Bucket": self.bucket, "Key": source_key}
+        if source_version_id:
+            source["VersionId"] = source_version_id
+        self._s3.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source)
 
     def delete(self, key: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=key)
