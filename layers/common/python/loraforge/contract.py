@@ -125,6 +125,18 @@ class WorkerEvent(DomainModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class StartedData(DomainModel):
+    """`data` of the `started` event, the first one a worker sends (before downloading or training).
+
+    The API accepts one RunPod job per `dispatch_token` (2xx) and answers 409 (`DUPLICATE_RUN`, or
+    `JOB_CANCELLED` when the job is being cancelled) to any other: the worker then stops without
+    training and returns a failed result with `WorkerErrorCode.DUPLICATE_RUN`.
+    """
+
+    dispatch_token: str = Field(min_length=1, max_length=128)
+    runpod_job_id: str = Field(min_length=1, max_length=256, description="The RunPod job id the worker is running (job['id'])")
+
+
 class ProgressData(DomainModel):
     step: int
     total_steps: int
