@@ -1,0 +1,1 @@
+"""One router per resource; resolver.ROUTER_MODULES lists the ones the app includes."""

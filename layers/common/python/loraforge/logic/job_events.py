@@ -1,0 +1,24 @@
+"""`GET /v1/jobs/{id}/events?after=` and `GET /v1/jobs/{id}/metrics`: what happened to a job, and its loss curve."""
+
+from __future__ import annotations
+
+from ..dal.jobs_table import JobsTable
+from ..models.event import JobEvent, MetricPoint
+
+
+def job_events(owner: str, job_id: str, *, after: int, limit: int) -> tuple[list[JobEvent], int | None]:
+    """Events with seq > `after`, oldest first, and the `after` of the next page (None when this page is the last one).
+
+    1 read (ownership) + 1 query.
+    """
+    table = JobsTable()
+    table.get_job_for_owner(job_id, owner)
+    events = table.list_events(job_id, after=after, limit=limit)
+    return events, (events[-1].seq if len(events) == limit else None)
+
+
+def job_metrics(owner: str, job_id: str) -> list[MetricPoint]:
+    """Loss and learning rate by step, in step order. 1 read + 1 query per 1 MB of points."""
+    table = JobsTable()
+    table.get_job_for_owner(job_id, owner)
+    return table.list_metrics(job_id)
