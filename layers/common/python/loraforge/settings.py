@@ -21,6 +21,7 @@ class Settings(BaseModel):
     bucket_name: str = Field(default="loraforge-data")
     topic_arn: str | None = None
     webhook_queue_url: str | None = None
+    webhook_dlq_url: str | None = Field(default=None, description="Where a webhook goes after its last failed delivery attempt")
     event_bus_name: str = "default"
     public_api_url: str | None = Field(default=None, description="Base URL of the HTTP API, for callbacks")
     runpod_base_url: str = "https://api.runpod.ai/v2"
@@ -62,6 +63,7 @@ _ENV = {
     "bucket_name": "BUCKET_NAME",
     "topic_arn": "TOPIC_ARN",
     "webhook_queue_url": "WEBHOOK_QUEUE_URL",
+    "webhook_dlq_url": "WEBHOOK_DLQ_URL",
     "event_bus_name": "EVENT_BUS_NAME",
     "public_api_url": "PUBLIC_API_URL",
     "runpod_base_url": "RUNPOD_BASE_URL",

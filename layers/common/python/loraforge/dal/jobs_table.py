@@ -8,6 +8,7 @@ Item layout
   artifact  JOB#<id> / ART#<kind>#<step:09d>#<name>
   dataset   DS#<id>  / META          gsi1: DSOWNER#<owner> / <created_at>#<id>
   capacity  CAP#global / META, CAP#owner#<owner> / META   (`holders`: string set of job ids)
+  email sub NOTIFY#<owner> / EMAIL#<address>   (one SNS email subscription per owner and address)
 
 gsi2 keys exist only on non-terminal jobs (sparse), so the queue and active scans never see
 finished work. There is no Scan anywhere: listing is Query with an opaque cursor.
@@ -83,6 +84,11 @@ def _job_item(job: Job) -> dict[str, Any]:
 
 def _strip(item: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in item.items() if k not in _KEY_ATTRS}
+
+
+def strip_keys(item: dict[str, Any]) -> dict[str, Any]:
+    """A deserialized item without its key/index attributes, ready for `Job.model_validate` (e.g. a stream image)."""
+    return _strip(item)
 
 
 def _cancellation_codes(exc: ClientError) -> list[str]:
@@ -424,6 +430,20 @@ class JobsTable:
         resp = self._ddb.query(**params)
         items = [Dataset.model_validate(_strip(deserialize(i))) for i in resp.get("Items", [])]
         return Page(items=items, next_cursor=encode_cursor(resp.get("LastEvaluatedKey")))
+
+    # -- notification subscriptions -------------------------------------------------------------
+    def get_email_subscription(self, owner: str, email: str) -> str | None:
+        """1 read. The subscription ARN (or outcome) recorded for (owner, email), None if never subscribed."""
+        resp = self._ddb.get_item(TableName=self.name, Key=serialize({"pk": f"NOTIFY#{owner}", "sk": f"EMAIL#{email}"}),
+                                  ConsistentRead=True)
+        item = resp.get("Item")
+        return str(deserialize(item).get("subscription", "")) if item else None
+
+    def put_email_subscription(self, owner: str, email: str, subscription: str) -> None:
+        """1 write. Remembers that (owner, email) was subscribed (idempotent overwrite)."""
+        item = {"pk": f"NOTIFY#{owner}", "sk": f"EMAIL#{email}", "entity": "email_subscription", "owner": owner,
+                "email": email, "subscription": subscription, "created_at": iso(utcnow())}
+        self._ddb.put_item(TableName=self.name, Item=serialize(item))
 
     # -- capacity --------------------------------------------------------------------------------
     def capacity_holders(self, owner: str | None = None) -> set[str]:

@@ -1,0 +1,215 @@
+"""Readable email text for job and dataset notifications (pure: no I/O).
+
+SNS email subscribers get the subject and body as plain text; the message attributes carry
+`owner`, `event`, `job_id`/`dataset_id` and `preset` so each subscription's filter policy can select
+one owner's notifications (DESIGN §1).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from ..dal.keys import dataset_prefix, job_prefix
+from ..models.dataset import Dataset
+from ..models.errors import ErrorKind
+from ..models.job import Job
+from ..models.status import JobStatus
+
+SUBJECT_MAX = 99
+"""SNS: a subject is ASCII, one line, and fewer than 100 characters."""
+
+_RETRY_HINT = "Retry it with `loraforge jobs retry {id}`: the new attempt resumes from the last stored checkpoint."
+_NEW_JOB_HINT = "Then start a new job (`loraforge jobs create ...`); a retry would reuse the same settings."
+
+# What a person should do next, per error code. Codes not listed fall back on the error's kind.
+_NEXT_STEPS: dict[str, str] = {
+    "GPU_OOM": (
+        "The GPU ran out of memory with these settings. Lower hyperparameters.resolution (for example 1024 -> 768) or "
+        "hyperparameters.batch_size (use gradient_accumulation instead of a bigger batch), or pick a preset for a "
+        "GPU class with more memory. " + _NEW_JOB_HINT
+    ),
+    "DATASET_INVALID": (
+        "The dataset was rejected for the reasons above. `GET /v1/datasets/{dataset_id}` lists every rejected file "
+        "with its reason; fix those files, upload the dataset again, and start a new job."
+    ),
+    "DATASET_UNREADABLE": "The dataset archive could not be read. Upload it again (a complete .zip), then start a new job.",
+    "DATASET_CHECKSUM_MISMATCH": "The dataset changed while training started. Upload it again, then start a new job.",
+    "DATASET_UNSAFE": "The dataset archive contains unsafe entries (links, absolute or '..' paths). Rebuild the zip, then start a new job.",
+    "INVALID_INPUT": "The training settings were refused. Check the hyperparameters against `loraforge presets`. " + _NEW_JOB_HINT,
+    "UNKNOWN_ENGINE": "This preset's engine is not available on the worker. Pick another preset. " + _NEW_JOB_HINT,
+    "TIMEOUT": (
+        "The run reached its time limit; the last checkpoint is kept. " + _RETRY_HINT + " Fewer steps or a faster GPU class "
+        "avoid another timeout."
+    ),
+}
+
+
+class EmailMessage(BaseModel):
+    subject: str = Field(max_length=SUBJECT_MAX)
+    body: str
+    attributes: dict[str, str] = Field(description="SNS message attributes (String): owner, event, job_id, preset")
+
+
+def _subject(text: str) -> str:
+    ascii_text = text.encode("ascii", "replace").decode("ascii")
+    one_line = re.sub(r"[\x00-\x1f\x7f]+", " ", ascii_text).strip()
+    return one_line if len(one_line) <= SUBJECT_MAX else one_line[: SUBJECT_MAX - 3].rstrip() + "..."
+
+
+def format_seconds(seconds: float) -> str:
+    """1h 02m 03s / 4m 05s."""
+    hours, rest = divmod(max(0, int(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str | None:
+    return None if start is None or end is None else format_seconds((end - start).total_seconds())
+
+
+def _money(value: float | None) -> str | None:
+    # Cents for ordinary amounts; sub-dime costs (short CPU or test runs) keep four decimals.
+    return None if value is None else f"${value:.2f}" if value >= 0.1 else f"${value:.4f}"
+
+
+def job_label(job: Job) -> str:
+    return f'"{job.name}"' if job.name else job.id
+
+
+def job_event_name(status: JobStatus) -> str:
+    return f"job.{status}"
+
+
+def next_step(job: Job) -> str:
+    """What the owner should do about a failed job: the retry command for system errors, what to fix for user errors."""
+    if job.error is None:
+        return _RETRY_HINT.format(id=job.id)
+    known = _NEXT_STEPS.get(job.error.code)
+    if known:
+        return known.format(id=job.id, dataset_id=job.dataset_id)
+    if job.error.kind == ErrorKind.USER:
+        return "Fix the input the message above names. " + _NEW_JOB_HINT
+    return "This was not caused by your input. " + _RETRY_HINT.format(id=job.id)
+
+
+def _steps_line(job: Job) -> str:
+    done = job.result.steps if job.result and job.result.steps is not None else job.progress.step
+    total = job.progress.total_steps or job.hyperparameters.steps
+    return f"{done} of {total}"
+
+
+def _cost_line(job: Job) -> str | None:
+    actual, estimated = _money(job.cost.actual_usd), _money(job.cost.estimated_usd)
+    if actual is None and estimated is None:
+        return None
+    text = actual or "not billed yet"
+    if estimated is not None:
+        text += f" (estimate {estimated})"
+    if job.cost.billed_seconds:
+        text += f", {job.cost.billed_seconds:.0f} s of GPU time"
+    return text
+
+
+def _table(rows: list[tuple[str, str | None]]) -> list[str]:
+    return [f"  {label:<12}{value}" for label, value in rows if value not in (None, "")]
+
+
+def job_email(job: Job, *, previous_status: JobStatus | None, bucket: str) -> EmailMessage:
+    """The notification for a job that just reached `job.status` (running, succeeded, failed or cancelled)."""
+    label = job_label(job)
+    prefix = f"s3://{bucket}/{job_prefix(job.owner, job.id)}"
+    final_loss = job.result.final_loss if job.result and job.result.final_loss is not None else job.progress.loss
+    status = job.status
+    headline = {
+        JobStatus.RUNNING: f"Training job {label} is running.",
+        JobStatus.SUCCEEDED: f"Training job {label} succeeded: your LoRA is ready.",
+        JobStatus.FAILED: f"Training job {label} failed.",
+        JobStatus.CANCELLED: f"Training job {label} was cancelled.",
+    }.get(status, f"Training job {label} is now {status}.")
+    subject = {
+        JobStatus.RUNNING: f"[loraforge] {label} is running ({job.preset})",
+        JobStatus.SUCCEEDED: f"[loraforge] {label} succeeded ({job.preset}, {_steps_line(job)} steps)",
+        JobStatus.FAILED: f"[loraforge] {label} failed: {job.error.code if job.error else 'error'}",
+        JobStatus.CANCELLED: f"[loraforge] {label} cancelled at step {_steps_line(job)}",
+    }.get(status, f"[loraforge] {label} is {status}")
+
+    lines = [headline, ""]
+    lines += _table([
+        ("Job", f"{job.id}" + (f" ({job.name})" if job.name else "")),
+        ("Preset", job.preset),
+        ("Status", f"{status}" + (f" (was {previous_status})" if previous_status else "")),
+        ("Dataset", job.dataset_id),
+        ("Attempt", str(job.attempts) if job.attempts > 1 else None),
+        ("GPU", job.gpu_class),
+        ("Duration", _duration(job.started_at, job.finished_at)),
+        ("Steps", _steps_line(job)),
+        ("Final loss" if status == JobStatus.SUCCEEDED else "Last loss", f"{final_loss:.4f}" if final_loss is not None else None),
+        ("Cost", _cost_line(job)),
+    ])
+    if status == JobStatus.RUNNING and job.estimate is not None:
+        lines += _table([("Estimate", f"about {format_seconds(job.estimate.seconds)}, {_money(job.estimate.cost_usd)}")])
+    if status == JobStatus.FAILED:
+        error = job.error
+        lines += ["", "What went wrong"]
+        lines += _table([
+            ("Error", f"{error.code} ({error.kind} error)" if error else "unknown (no error was recorded)"),
+            ("Message", error.message if error else None),
+        ])
+        lines += ["", "What to do next", f"  {next_step(job)}"]
+    if status == JobStatus.CANCELLED:
+        lines += ["", "What to do next", "  " + _RETRY_HINT.format(id=job.id)]
+
+    lines += ["", "Artifacts"]
+    if status == JobStatus.SUCCEEDED and job.result and job.result.lora:
+        lines += _table([("LoRA", f"s3://{bucket}/{job.result.lora.key}"), ("Size", f"{job.result.lora.size:,} bytes")])
+    if status == JobStatus.RUNNING:
+        lines += _table([("Follow", f"loraforge jobs watch {job.id}"), ("Files", f"{prefix} (checkpoints/, samples/ as they arrive)")])
+    else:
+        lines += _table([
+            ("All files", f"{prefix} (checkpoints/, samples/, final/, logs/)"),
+            ("Download", f"loraforge jobs download {job.id}"
+             + (" (or --checkpoint STEP for a stored checkpoint)" if status != JobStatus.SUCCEEDED else "")),
+        ])
+    lines += ["", f"Details: loraforge jobs show {job.id}", "",
+              f"-- loraforge notifications for owner {job.owner}. Unsubscribe with the link below."]
+    attributes = {"owner": job.owner, "event": job_event_name(status), "job_id": job.id, "preset": job.preset}
+    return EmailMessage(subject=_subject(subject), body="\n".join(lines) + "\n", attributes=attributes)
+
+
+def dataset_email(dataset: Dataset, *, bucket: str, rejected_limit: int = 10) -> EmailMessage:
+    """The notification for a dataset that validation rejected."""
+    label = f'"{dataset.name}"'
+    lines = [f"Dataset {label} ({dataset.id}) is invalid: no job can train on it.", ""]
+    lines += _table([
+        ("Dataset", dataset.id),
+        ("Status", str(dataset.status)),
+        ("Images", f"{dataset.stats.images} accepted, {dataset.stats.rejected} rejected"),
+        ("Job", dataset.job_id),
+    ])
+    if dataset.errors:
+        lines += ["", "Why"]
+        lines += [f"  {err.code}: {err.message}" for err in dataset.errors]
+    if dataset.rejected_sample:
+        lines += ["", "Rejected files"]
+        lines += [f"  {item.key}: {item.reason} - {item.message}" for item in dataset.rejected_sample[:rejected_limit]]
+        more = dataset.stats.rejected - min(len(dataset.rejected_sample), rejected_limit)
+        if more > 0:
+            lines.append(f"  ... and {more} more (the manifest lists every one)")
+    lines += [
+        "", "What to do next",
+        "  Fix or remove the files listed above, then upload the dataset again (`loraforge datasets upload DIR|ZIP`,",
+        "  or drop the zip under incoming/<owner>/ again). Images need a same-name .txt caption or a trigger word.",
+        "", "Details",
+        f"  Manifest    s3://{bucket}/{dataset.manifest_key or dataset_prefix(dataset.owner, dataset.id) + 'manifest.json'}",
+        f"  API         GET /v1/datasets/{dataset.id}",
+        "", f"-- loraforge notifications for owner {dataset.owner}. Unsubscribe with the link below.",
+    ]
+    first_reason = dataset.errors[0].code if dataset.errors else "rejected"
+    attributes = {"owner": dataset.owner, "event": "dataset.invalid", "dataset_id": dataset.id}
+    if dataset.job_id:
+        attributes["job_id"] = dataset.job_id
+    return EmailMessage(subject=_subject(f"[loraforge] dataset {label} is invalid: {first_reason}"), body="\n".join(lines) + "\n",
+                        attributes=attributes)
