@@ -8,8 +8,8 @@ The rule (`final_caption`), in order:
    placeholder and does not already contain the trigger word (whole word, any case) gets it prepended
    as `"<trigger>, <caption>"`; an empty caption becomes just the trigger word.
 3. Without a trigger word: `[trigger]` placeholders are removed and the commas/spaces around them tidied.
-Whitespace (newlines included) collapses to single spaces. Applying the rule to its own output with the
-same trigger word changes nothing, so a worker retry or a manifest caption cannot double the trigger.
+Whitespace (newlines included) collapses to single spaces. A caption that already went through the rule
+keeps its trigger once: the rule never prepends the trigger to a caption that has it as a word.
 """
 
 from __future__ import annotations
