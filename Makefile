@@ -36,7 +36,7 @@ perf: $(STAMP)
 	$(PY) -m pytest -q -s tests/perf -p no:cacheprovider
 
 openapi: $(STAMP)
-	$(PY) -m loraforge.api_schema > openapi.json
+	$(PY) -m loraforge.api.openapi > openapi.json
 
 clean:
 	rm -rf $(VENV) .loraforge .pytest_cache

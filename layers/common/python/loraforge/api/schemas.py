@@ -49,6 +49,13 @@ def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
     return {s: {"description": _ERROR_TEXT[s], "content": {"application/json": {"model": ErrorBody}}} for s in statuses}
 
 
+def responses(ok: int, *errors: int) -> dict[int, dict[str, Any]]:
+    """A route's OpenAPI `responses`: its success status (schema from the return annotation; powertools leaves it out
+    once `responses` is given) and its error statuses. 422 is always listed: powertools documents it for every
+    validated route, and this replaces its schema with ErrorBody."""
+    return {ok: {"description": "Created" if ok == 201 else "OK"}} | error_responses(*sorted(set(errors) | {422}))
+
+
 # -- public views of the domain models ----------------------------------------------------------------
 def _public_view(model: type[BaseModel], sample: Any, name: str) -> type[BaseModel]:
     """The model restricted to the fields its `public()` returns, so the schema cannot drift from the responses."""

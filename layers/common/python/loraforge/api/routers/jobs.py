@@ -18,7 +18,7 @@ from ...models.requests import CancelRequest, CreateJobRequest
 from ...models.status import JobStatus
 from ...observability import logger, metrics
 from ..auth import JWT_SECURITY, OwnerId
-from ..schemas import Cursor, EventList, JobIdPath, JobList, JobView, Limit, MetricList, error_responses
+from ..schemas import Cursor, EventList, JobIdPath, JobList, JobView, Limit, MetricList, responses
 
 router = APIGatewayHttpRouter()
 TAGS = ["jobs"]
@@ -37,14 +37,14 @@ class ArtifactList(BaseModel):
 @router.post("/v1/jobs", status_code=201, summary="Queue a training job", tags=TAGS, security=JWT_SECURITY,
              description="Honours Idempotency-Key: the same key and body return the first call's job; "
                          "the same key with another body is 409 IDEMPOTENCY_KEY_REUSED.",
-             responses=error_responses(400, 401, 404, 409, 413, 422))
+             responses=responses(201, 400, 401, 404, 409, 413, 422))
 def post_job(owner: OwnerId, body: Annotated[CreateJobRequest, Body(embed=False)], idempotency_key: IdempotencyKey = None) -> JobView:
     job = create_job(owner, body, idempotency_key=idempotency_key, lambda_context=router.lambda_context)
     logger.append_keys(job_id=job.id)
     return job.public()  # type: ignore[return-value]  # validated against JobView
 
 
-@router.get("/v1/jobs", summary="Your jobs, newest first", tags=TAGS, security=JWT_SECURITY, responses=error_responses(401, 422))
+@router.get("/v1/jobs", summary="Your jobs, newest first", tags=TAGS, security=JWT_SECURITY, responses=responses(200, 401, 422))
 def get_jobs(
     owner: OwnerId,
     limit: Limit = 20,
@@ -56,7 +56,7 @@ def get_jobs(
 
 
 @router.get("/v1/jobs/<job_id>", summary="A job: status, progress, cost, result", tags=TAGS, security=JWT_SECURITY,
-            responses=error_responses(401, 404))
+            responses=responses(200, 401, 404))
 def get_job_detail(owner: OwnerId, job_id: JobIdPath) -> JobView:
     logger.append_keys(job_id=job_id)
     return get_job(owner, job_id).public()  # type: ignore[return-value]
@@ -65,7 +65,7 @@ def get_job_detail(owner: OwnerId, job_id: JobIdPath) -> JobView:
 @router.post("/v1/jobs/<job_id>/cancel", summary="Cancel a job", tags=TAGS, security=JWT_SECURITY,
              description="queued → cancelled at once; an active job → cancelling, and RunPod is asked to stop it. "
                          "keep_latest makes the newest stored checkpoint the result. 409 for a finished job.",
-             responses=error_responses(400, 401, 404, 409, 413, 422))
+             responses=responses(200, 400, 401, 404, 409, 413, 422))
 def post_cancel(owner: OwnerId, job_id: JobIdPath, body: Annotated[CancelRequest | None, Body(embed=False)] = None) -> JobView:
     from ...logic.cancel_job import cancel_job  # only this route needs the RunPod client behind it
 
@@ -79,7 +79,7 @@ def post_cancel(owner: OwnerId, job_id: JobIdPath, body: Annotated[CancelRequest
              tags=TAGS, security=JWT_SECURITY,
              description="Creates a new job (retry_of = this job, attempts + 1) that resumes from the newest stored checkpoint. "
                          "409 unless the job is failed or cancelled.",
-             responses=error_responses(401, 404, 409))
+             responses=responses(201, 401, 404, 409))
 def post_retry(owner: OwnerId, job_id: JobIdPath) -> JobView:
     from ...logic.retry_job import retry_job
 
@@ -88,7 +88,7 @@ def post_retry(owner: OwnerId, job_id: JobIdPath) -> JobView:
 
 
 @router.get("/v1/jobs/<job_id>/events", summary="What happened to a job, oldest first", tags=TAGS, security=JWT_SECURITY,
-            responses=error_responses(401, 404, 422))
+            responses=responses(200, 401, 404, 422))
 def get_events(
     owner: OwnerId,
     job_id: JobIdPath,
@@ -100,14 +100,14 @@ def get_events(
 
 
 @router.get("/v1/jobs/<job_id>/metrics", summary="Loss and learning rate by step", tags=TAGS, security=JWT_SECURITY,
-            responses=error_responses(401, 404))
+            responses=responses(200, 401, 404))
 def get_metrics(owner: OwnerId, job_id: JobIdPath) -> MetricList:
     points = job_metrics(owner, job_id)
     return {"items": [{"step": p.step, "loss": p.loss, "lr": p.lr} for p in points]}  # type: ignore[return-value]
 
 
 @router.get("/v1/jobs/<job_id>/artifacts", summary="Checkpoints, samples, the final LoRA and logs, with presigned GET URLs",
-            tags=TAGS, security=JWT_SECURITY, responses=error_responses(401, 404, 422))
+            tags=TAGS, security=JWT_SECURITY, responses=responses(200, 401, 404, 422))
 def get_artifacts(
     owner: OwnerId,
     job_id: JobIdPath,

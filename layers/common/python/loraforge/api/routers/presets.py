@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from ...logic.list_presets import PresetInfo, list_presets
 from ..auth import JWT_SECURITY, OwnerId
-from ..schemas import error_responses
+from ..schemas import responses
 
 router = APIGatewayHttpRouter()
 
@@ -17,6 +17,6 @@ class PresetList(BaseModel):
 
 
 @router.get("/v1/presets", summary="Every preset with its defaults, bounds, VRAM and GPU", tags=["presets"],
-            security=JWT_SECURITY, responses=error_responses(401))
+            security=JWT_SECURITY, responses=responses(200, 401))
 def get_presets(owner: OwnerId) -> PresetList:
     return PresetList(items=list_presets())
