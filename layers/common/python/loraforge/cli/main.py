@@ -7,7 +7,13 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["loraforge.cli.worker"]
+COMMAND_MODULES = [
+    "loraforge.cli.presets",
+    "loraforge.cli.datasets",
+    "loraforge.cli.jobs",
+    "loraforge.cli.drop",
+    "loraforge.cli.worker",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
