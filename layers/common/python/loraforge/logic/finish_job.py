@@ -23,13 +23,14 @@ from ..settings import get_settings
 from .checkpoints import newest_checkpoint
 
 MAX_RACE_RETRIES = 4
+OutcomeSource = Literal["runpod_webhook", "worker_event", "reconcile", "cancel", "dispatch"]
 
 
 class Outcome(BaseModel):
     """How a run ended, from whichever source saw it first."""
 
     status: Literal["succeeded", "failed", "cancelled"]
-    source: Literal["runpod_webhook", "worker_event", "reconcile", "cancel", "dispatch"]
+    source: OutcomeSource
     runpod_job_id: str | None = None
     error: JobError | None = None
     result: JobResult | None = None

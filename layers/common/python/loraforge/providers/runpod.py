@@ -14,6 +14,7 @@ Backoff is exponential with full jitter and honours Retry-After (seconds), cappe
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -27,8 +28,9 @@ from ..observability import logger
 from ..secrets_store import runpod_api_key
 from ..settings import get_settings
 
-DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=3.0)
+CONNECT_TIMEOUT_SECONDS = 3.0
 MAX_RETRY_AFTER_SECONDS = 20.0
+MAX_RUN_BODY_BYTES = 10 * 1024 * 1024
 MAX_BACKOFF_SECONDS = 8.0
 
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
@@ -93,7 +95,7 @@ class RunPodClient:
         base_url: str | None = None,
         api_key: str | None = None,
         *,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout | None = None,
         max_retries: int | None = None,
         backoff_seconds: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -105,6 +107,8 @@ class RunPodClient:
         self.max_retries = settings.runpod_max_retries if max_retries is None else max_retries
         self.backoff_seconds = settings.runpod_backoff_seconds if backoff_seconds is None else backoff_seconds
         self._sleep = sleep
+        if timeout is None:
+            timeout = httpx.Timeout(settings.runpod_timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS, pool=CONNECT_TIMEOUT_SECONDS)
         self._http = httpx.Client(timeout=timeout, transport=transport, headers={"accept": "application/json"})
 
     # -- operations -------------------------------------------------------------------------------
@@ -114,7 +118,10 @@ class RunPodClient:
         body: dict[str, Any] = {"input": input, "policy": {"executionTimeout": int(execution_timeout_ms), "ttl": int(ttl_ms)}}
         if webhook:
             body["webhook"] = webhook
-        return self._job(self._request("POST", "run", f"/{endpoint_id}/run", json=body, idempotent=False))
+        size = len(json.dumps(body, separators=(",", ":")))
+        if size > MAX_RUN_BODY_BYTES:
+            raise RunPodError(f"the /run body is {size} bytes; RunPod accepts at most {MAX_RUN_BODY_BYTES}")
+        return self._job(self._request("POST", "run", f"/{endpoint_id}/run", body=body, idempotent=False))
 
     def status(self, endpoint_id: str, runpod_job_id: str) -> RunPodJob:
         return self._job(self._request("GET", "status", f"/{endpoint_id}/status/{runpod_job_id}", idempotent=True))
@@ -151,13 +158,13 @@ class RunPodClient:
                 pass  # an HTTP date: fall back to our own backoff
         return random.uniform(0, min(MAX_BACKOFF_SECONDS, self.backoff_seconds * 2**attempt))
 
-    def _request(self, method: str, op: str, path: str, *, json: Any = None, idempotent: bool) -> Any:
+    def _request(self, method: str, op: str, path: str, *, body: Any = None, idempotent: bool) -> Any:
         url = self.base_url + path
         last = "no attempt made"
         for attempt in range(self.max_retries + 1):
             retry_after: str | None = None
             try:
-                resp = self._http.request(method, url, json=json, headers=self._headers())
+                resp = self._http.request(method, url, json=body, headers=self._headers())
             except _BEFORE_SEND as exc:
                 last = f"{type(exc).__name__}: {exc}"
             except httpx.TransportError as exc:
