@@ -36,6 +36,7 @@ class Settings(BaseModel):
     worker_silence_seconds: int = Field(default=900, ge=30)
     runpod_max_retries: int = Field(default=4, ge=0, le=10, description="Retries of one RunPod call on 429/5xx/transport errors")
     runpod_backoff_seconds: float = Field(default=0.5, ge=0.0, le=10.0, description="Base of the exponential backoff (full jitter)")
+    runpod_timeout_seconds: float = Field(default=10.0, gt=0, le=60, description="Read/write timeout of one RunPod call (connect: 3 s)")
     runpod_queue_ttl_seconds: int = Field(
         default=3600, ge=60, le=6 * 24 * 3600,
         description="How long a job may wait in RunPod's queue: policy.ttl = executionTimeout + this",
@@ -78,6 +79,7 @@ _ENV = {
     "worker_silence_seconds": "WORKER_SILENCE_SECONDS",
     "runpod_max_retries": "RUNPOD_MAX_RETRIES",
     "runpod_backoff_seconds": "RUNPOD_BACKOFF_SECONDS",
+    "runpod_timeout_seconds": "RUNPOD_TIMEOUT_SECONDS",
     "runpod_queue_ttl_seconds": "RUNPOD_QUEUE_TTL_SECONDS",
     "dispatch_retry_seconds": "DISPATCH_RETRY_SECONDS",
     "presign_ttl_seconds": "PRESIGN_TTL_SECONDS",

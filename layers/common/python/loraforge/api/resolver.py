@@ -22,6 +22,7 @@ ROUTER_MODULES: tuple[str, ...] = (
     "datasets",
     "jobs",
     "webhook_secret",
+    "hooks",
 )
 
 
