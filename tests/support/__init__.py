@@ -1,0 +1,1 @@
+"""Test helpers shared by every tier: event fixtures (`events`) and the DynamoDB no-Scan guard (`ddb_guard`)."""
