@@ -15,7 +15,6 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from pydantic import BaseModel, Field
 
 from ..dal.clients import client
@@ -139,17 +138,21 @@ class WebhookSender:
     """One POST with a bounded timeout, no redirects, no proxies from the environment."""
 
     def __init__(self, timeout_seconds: float = 10.0, connect_timeout_seconds: float = 5.0, write_timeout_seconds: float = 5.0) -> None:
-        connect, write = min(connect_timeout_seconds, timeout_seconds), min(write_timeout_seconds, timeout_seconds)
-        self.timeout = httpx.Timeout(timeout_seconds, connect=connect, write=write, pool=connect)
         self.timeout_seconds = timeout_seconds
-        self.worst_case_seconds = connect + write + timeout_seconds
+        self.connect_timeout_seconds = min(connect_timeout_seconds, timeout_seconds)
+        self.write_timeout_seconds = min(write_timeout_seconds, timeout_seconds)
+        self.worst_case_seconds = self.connect_timeout_seconds + self.write_timeout_seconds + timeout_seconds
         """Longest one attempt can take (connect, send the body, wait for the response status)."""
 
     def post(self, url: str, address: str, body: bytes, headers: dict[str, str]) -> DeliveryResult:
+        import httpx  # only the delivery function posts; keeps httpx off the notify function's cold start
+
         target, host_header, extensions = pinned_target(url, address)
         all_headers = {**headers, **host_header, "user-agent": USER_AGENT}
+        timeout = httpx.Timeout(self.timeout_seconds, connect=self.connect_timeout_seconds, write=self.write_timeout_seconds,
+                                pool=self.connect_timeout_seconds)
         try:
-            with httpx.Client(timeout=self.timeout, follow_redirects=False, trust_env=False) as http:
+            with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as http:
                 request = http.build_request("POST", target, content=body, headers=all_headers, extensions=extensions)
                 response = http.send(request, stream=True)
                 response.close()  # only the status matters; never read an unbounded body
