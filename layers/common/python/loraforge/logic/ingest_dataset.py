@@ -103,7 +103,8 @@ def ingest_object(bucket: str, key: str, version_id: str | None, etag: str | Non
                          extra=log_keys)
         raise
     log = logger.debug if outcome.reason in ("FOLDER_FILE", "NOT_A_TRIGGER_KEY") else logger.info
-    log("ingest outcome", extra={**log_keys, **outcome.model_dump(mode="json", exclude={"key", "warnings"})})
+    summary = outcome.model_dump(mode="json", exclude={"key", "warnings", "message"})
+    log(f"ingest outcome: {outcome.message}", extra={**log_keys, **summary})
     return outcome
 
 
