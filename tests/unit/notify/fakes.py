@@ -8,7 +8,7 @@ from typing import Any
 
 from loraforge.logic.deliver_webhook import DeliveryPorts
 from loraforge.logic.notify import NotifyPorts
-from loraforge.models import Job
+from loraforge.models import Dataset, Job
 from loraforge.notifications.email_messages import EmailMessage
 from loraforge.notifications.eventbridge import BusEvent
 from loraforge.notifications.user_webhooks import DeliveryResult, WebhookDelivery
@@ -68,9 +68,13 @@ class Recorder:
 @dataclass
 class JobStore:
     jobs: dict[str, Job] = field(default_factory=dict)
+    datasets: dict[str, Dataset] = field(default_factory=dict)
 
     def get_job(self, job_id: str, consistent: bool = True) -> Job | None:
         return self.jobs.get(job_id)
+
+    def get_dataset(self, dataset_id: str) -> Dataset | None:
+        return self.datasets.get(dataset_id)
 
 
 def notify_ports(recorder: Recorder, jobs: JobStore | None = None, once: MemoryOnce | None = None) -> NotifyPorts:

@@ -8,7 +8,7 @@ import pytest
 
 from loraforge.dal.jobs_table import strip_keys
 from loraforge.logic.notify import StreamChange, StreamNotifier
-from loraforge.models import Job
+from loraforge.models import Dataset, Job
 from loraforge.notifications.user_webhooks import WebhookEventType
 from tests.support.events import load_event
 from tests.unit.notify.fakes import JobStore, MemoryOnce, Recorder, notify_ports
@@ -156,3 +156,18 @@ def test_after_a_failed_record_later_records_of_the_same_job_wait_for_the_retry(
     with pytest.raises(Exception, match="earlier record"):
         notifier.handle(later)
     assert recorder.events == []
+
+
+def test_a_job_failed_for_an_invalid_dataset_is_emailed_the_rejection_reasons():
+    # Given a job that failed with DATASET_INVALID, and its dataset's validation result in the table
+    record = only_record("dynamodb_stream_job_failed_notify")
+    record["dynamodb"]["NewImage"]["error"]["M"]["code"] = {"S": "DATASET_INVALID"}
+    dataset = Dataset.model_validate(strip_keys(StreamChange.from_record(only_record("dynamodb_stream_dataset_invalid_notify")).new_image))
+    job = job_from(record)
+    recorder = Recorder()
+    # When it is handled
+    StreamNotifier(notify_ports(recorder, jobs=JobStore(datasets={job.dataset_id: dataset}))).handle(record)
+    # Then the email gives the dataset's reasons and rejected files, and what to fix
+    [email] = recorder.emails
+    assert "TOO_FEW_IMAGES" in email.body and "raw/IMG_0042.HEIC: NOT_AN_IMAGE" in email.body
+    assert f"GET /v1/datasets/{job.dataset_id}" in email.body

@@ -95,6 +95,8 @@ def attempt_delivery(delivery: WebhookDelivery, ports: DeliveryPorts) -> dict[st
         logger.warning("webhook refused: unsafe URL", extra={"webhook_id": delivery.webhook_id, "job_id": delivery.job_id, "error": error})
         metrics.add_metric(name="WebhookRefused", unit="Count", value=1)
         return {"outcome": DeliveryOutcome.DEAD_LETTERED, "attempt": delivery.attempt, "error": error}
+    if not addresses:
+        return _give_up_or_retry(delivery, "INVALID_WEBHOOK_URL: the host name resolved to no address", ports)
     body = delivery.payload.encode()
     headers = signed_headers(ports.owner_secret(delivery.owner), delivery.webhook_id, body)
     result = ports.sender.post(delivery.url, addresses[0], body, headers)

@@ -61,6 +61,7 @@ WEBHOOK_TYPES = {
     JobStatus.CANCELLED: WebhookEventType.CANCELLED,
 }
 DATASET_RESULTS = frozenset({DatasetStatus.READY, DatasetStatus.INVALID})
+DATASET_INVALID = "DATASET_INVALID"
 
 
 # -- the stream record ------------------------------------------------------------------------------
@@ -141,7 +142,8 @@ def _webhook_action(job: Job, event_type: WebhookEventType, created_at: datetime
     return EnqueueWebhook(key=f"webhook#{event_id}", delivery=delivery)
 
 
-def plan_job_change(job: Job, previous_status: JobStatus | None, *, inserted: bool, bucket: str) -> list[Action]:
+def plan_job_change(job: Job, previous_status: JobStatus | None, *, inserted: bool, bucket: str,
+                    dataset: Dataset | None = None) -> list[Action]:
     actions: list[Action] = []
     if inserted and job.notify.email:
         email = normalize_email(job.notify.email)
@@ -150,7 +152,7 @@ def plan_job_change(job: Job, previous_status: JobStatus | None, *, inserted: bo
         return actions  # progress, cost or other fields changed; not a status change
     change = _change_key("job", job.id, job.version, job.status)
     if job.status in EMAIL_STATUSES or (job.status == JobStatus.RUNNING and job.notify.on_running):
-        actions.append(SendEmail(key=f"email#{change}", message=job_email(job, previous_status=previous_status, bucket=bucket)))
+        actions.append(SendEmail(key=f"email#{change}", message=job_email(job, previous_status=previous_status, bucket=bucket, dataset=dataset)))
     if job.notify.webhook_url and job.status in WEBHOOK_TYPES:
         actions.append(_webhook_action(job, WEBHOOK_TYPES[job.status], job.updated_at, f"attempt{job.attempts}", f"v{job.version}"))
     detail = job_detail(job, previous_status, bucket=bucket)
@@ -197,6 +199,7 @@ class WebhookQueuePort(Protocol):
 
 class JobReader(Protocol):
     def get_job(self, job_id: str, consistent: bool = True) -> Job | None: ...
+    def get_dataset(self, dataset_id: str) -> Dataset | None: ...
 
 
 @dataclass
@@ -287,7 +290,10 @@ class StreamNotifier:
         if change.is_job and change.new_image.get("entity") == "job":
             job = Job.model_validate(strip_keys(change.new_image))
             previous = JobStatus(change.old_status) if change.old_status else None
-            return plan_job_change(job, previous, inserted=change.event_name == "INSERT", bucket=self.ports.bucket)
+            dataset = None
+            if job.status == JobStatus.FAILED and previous != job.status and job.error and job.error.code == DATASET_INVALID:
+                dataset = self.ports.jobs.get_dataset(job.dataset_id)  # the email lists why it was rejected
+            return plan_job_change(job, previous, inserted=change.event_name == "INSERT", bucket=self.ports.bucket, dataset=dataset)
         if change.is_dataset and change.new_image.get("entity") == "dataset":
             dataset = Dataset.model_validate(strip_keys(change.new_image))
             previous_ds = DatasetStatus(change.old_status) if change.old_status else None

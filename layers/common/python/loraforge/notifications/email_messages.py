@@ -117,8 +117,20 @@ def _table(rows: list[tuple[str, str | None]]) -> list[str]:
     return [f"  {label:<12}{value}" for label, value in rows if value not in (None, "")]
 
 
-def job_email(job: Job, *, previous_status: JobStatus | None, bucket: str) -> EmailMessage:
-    """The notification for a job that just reached `job.status` (running, succeeded, failed or cancelled)."""
+def _dataset_reasons(dataset: Dataset, limit: int = 10) -> list[str]:
+    lines = [f"  {err.code}: {err.message}" for err in dataset.errors]
+    lines += [f"  {item.key}: {item.reason} - {item.message}" for item in dataset.rejected_sample[:limit]]
+    more = dataset.stats.rejected - min(len(dataset.rejected_sample), limit)
+    if more > 0:
+        lines.append(f"  ... and {more} more rejected files (the manifest lists every one)")
+    return lines
+
+
+def job_email(job: Job, *, previous_status: JobStatus | None, bucket: str, dataset: Dataset | None = None) -> EmailMessage:
+    """The notification for a job that just reached `job.status` (running, succeeded, failed or cancelled).
+
+    `dataset`: the job's dataset, given when the failure is about it (DATASET_INVALID): its rejection reasons are listed.
+    """
     label = job_label(job)
     prefix = f"s3://{bucket}/{job_prefix(job.owner, job.id)}"
     final_loss = job.result.final_loss if job.result and job.result.final_loss is not None else job.progress.loss
@@ -158,6 +170,8 @@ def job_email(job: Job, *, previous_status: JobStatus | None, bucket: str) -> Em
             ("Error", f"{error.code} ({error.kind} error)" if error else "unknown (no error was recorded)"),
             ("Message", error.message if error else None),
         ])
+        if dataset is not None and (dataset.errors or dataset.rejected_sample):
+            lines += ["", f"Why dataset {dataset.id} was rejected"] + _dataset_reasons(dataset)
         lines += ["", "What to do next", f"  {next_step(job)}"]
     if status == JobStatus.CANCELLED:
         lines += ["", "What to do next", "  " + _RETRY_HINT.format(id=job.id)]
@@ -189,15 +203,8 @@ def dataset_email(dataset: Dataset, *, bucket: str, rejected_limit: int = 10) ->
         ("Images", f"{dataset.stats.images} accepted, {dataset.stats.rejected} rejected"),
         ("Job", dataset.job_id),
     ])
-    if dataset.errors:
-        lines += ["", "Why"]
-        lines += [f"  {err.code}: {err.message}" for err in dataset.errors]
-    if dataset.rejected_sample:
-        lines += ["", "Rejected files"]
-        lines += [f"  {item.key}: {item.reason} - {item.message}" for item in dataset.rejected_sample[:rejected_limit]]
-        more = dataset.stats.rejected - min(len(dataset.rejected_sample), rejected_limit)
-        if more > 0:
-            lines.append(f"  ... and {more} more (the manifest lists every one)")
+    if dataset.errors or dataset.rejected_sample:
+        lines += ["", "Why"] + _dataset_reasons(dataset, rejected_limit)
     lines += [
         "", "What to do next",
         "  Fix or remove the files listed above, then upload the dataset again (`loraforge datasets upload DIR|ZIP`,",
