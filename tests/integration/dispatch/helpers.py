@@ -167,11 +167,15 @@ class ControlPlane:
         return self._api(event)
 
     def worker_event(self, job_id: str, type_: str, seq: int, data: dict[str, Any] | None = None, *, attempt: int | None = None,
-                     secret: str | None = None, timestamp: int | None = None, at: datetime | None = None) -> HookAnswer:
+                     secret: str | None = None, timestamp: int | None = None, at: datetime | None = None,
+                     tamper: bool = False) -> HookAnswer:
+        """POST a signed worker event; `tamper` changes the body after signing (what an attacker in the middle would do)."""
         attempt = attempt if attempt is not None else self.job(job_id).attempts
         body = json.dumps({"job_id": job_id, "attempt": attempt, "seq": seq, "type": type_,
                            "at": to_jsonable_python(at or utcnow()), "data": data or {}}).encode()
         headers = signed_headers(secret or job_secret(signing_key(), job_id), f"msg_{job_id}_{attempt}_{seq}", body, timestamp)
+        if tamper:
+            body = body.replace(b'"seq": ', b'"seq": 1')
         event = load_event("apigw_v2_worker_hook")
         path = f"/v1/hooks/worker/{job_id}"
         event["rawPath"] = event["requestContext"]["http"]["path"] = path

@@ -1,0 +1,125 @@
+"""Reconcile through the real scheduled handler: every message that never arrived."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from loraforge.dal.clients import client
+from loraforge.dal.jobs_table import GLOBAL_CAPACITY, owner_capacity_pk
+from loraforge.models import Artifact, JobStatus, utcnow
+from tests.integration.dispatch.helpers import ControlPlane
+
+
+def running_job(plane: ControlPlane, **seed):
+    job = plane.seed_job(**seed)
+    plane.dispatch(job.id)
+    plane.start_worker(job.id)
+    return plane.job(job.id)
+
+
+def test_webhook_that_never_arrives_is_applied_by_reconcile(plane: ControlPlane) -> None:
+    # Given a run that completed on RunPod, and its webhook was lost
+    job = running_job(plane)
+    plane.finish_on_runpod(job.id, execution_ms=30_000, delay_ms=0)
+
+    # When reconcile runs
+    report = plane.reconcile()
+
+    # Then the job succeeded with its result and cost, exactly as the webhook would have done
+    stored = plane.job(job.id)
+    assert stored.status == JobStatus.SUCCEEDED and stored.result is not None and stored.result.lora is not None
+    assert stored.cost.billed_seconds == pytest.approx(30.0)
+    assert report["finished"] == 1
+    # and a second run changes nothing
+    again = plane.reconcile()
+    assert again["finished"] == 0 and plane.job(job.id).version == stored.version
+
+
+def test_run_runpod_has_forgotten_fails_the_job_or_retries_it(plane: ControlPlane, configure) -> None:
+    # Given no automatic retries, and a run RunPod no longer knows (past its 30-minute retention)
+    configure(MAX_AUTO_RETRIES="0")
+    job = running_job(plane)
+    plane.set_fields(job.id, dispatched_at=utcnow() - timedelta(hours=2))
+    plane.runpod.forget(job.runpod_job_id or "")
+
+    # When reconcile runs
+    plane.reconcile()
+
+    # Then the job failed with a system error that says what happened
+    stored = plane.job(job.id)
+    assert stored.status == JobStatus.FAILED and stored.error is not None
+    assert stored.error.code == "RUNPOD_JOB_LOST" and stored.error.kind == "system"
+
+
+def test_forgotten_run_whose_worker_uploaded_the_final_lora_succeeds(plane: ControlPlane) -> None:
+    # Given a run whose final file was recorded (the worker's completed event got that far before the function died),
+    # no end was ever applied, and RunPod has forgotten the run
+    job = running_job(plane)
+    final = plane.result(job)["final"]
+    plane.table.put_artifact(job.id, Artifact.model_validate(final))
+    plane.set_fields(job.id, dispatched_at=utcnow() - timedelta(hours=2))
+    plane.runpod.forget(job.runpod_job_id or "")
+
+    # When reconcile runs
+    plane.reconcile()
+
+    # Then the job succeeded with that file
+    stored = plane.job(job.id)
+    assert stored.status == JobStatus.SUCCEEDED and stored.result is not None and stored.result.lora is not None
+    assert stored.result.lora.key == final["key"]
+
+
+def test_silent_worker_is_stopped_and_its_job_retried(plane: ControlPlane, configure) -> None:
+    # Given one automatic retry, and a worker that has sent nothing for longer than the silence limit
+    configure(MAX_AUTO_RETRIES="1", WORKER_SILENCE_SECONDS="60")
+    job = running_job(plane)
+    silent_run = job.runpod_job_id or ""
+    plane.set_fields(job.id, last_event_at=utcnow() - timedelta(minutes=5))
+
+    # When reconcile runs
+    plane.reconcile()
+
+    # Then the silent run is cancelled on RunPod and the job runs again as attempt 2
+    assert [c.path for c in plane.runpod.calls_to("cancel")] == [f"/ep-cpu/cancel/{silent_run}"]
+    stored = plane.job(job.id)
+    assert stored.attempts == 2 and stored.status == JobStatus.STARTING and stored.runpod_job_id != silent_run
+
+
+def test_leaked_capacity_slot_is_released(plane: ControlPlane) -> None:
+    # Given a finished job whose id is still in both semaphores (a leak), and a queued job that cannot start
+    done = running_job(plane)
+    plane.runpod_webhook(done.id, plane.finish_on_runpod(done.id))
+    ddb = client("dynamodb")
+    for pk in (GLOBAL_CAPACITY, owner_capacity_pk(done.owner)):
+        ddb.update_item(TableName=plane.table.name, Key={"pk": {"S": pk}, "sk": {"S": "META"}},
+                        UpdateExpression="ADD holders :j", ExpressionAttributeValues={":j": {"SS": [done.id]}})
+    active = running_job(plane)
+
+    # When reconcile runs
+    report = plane.reconcile()
+
+    # Then only the leaked slot is released
+    assert report["leaked_slots_released"] == 1
+    assert plane.table.capacity_holders() == {active.id}
+    assert plane.table.capacity_holders(done.owner) == {active.id}
+
+
+def test_cancel_runpod_did_not_act_on_is_sent_again(plane: ControlPlane) -> None:
+    # Given a job cancelling for a while, its run still IN_PROGRESS (the first /cancel was lost)
+    from loraforge.logic.cancel_job import cancel_job
+    from tests.support.fake_runpod import Reply
+
+    job = running_job(plane)
+    plane.runpod.script("cancel", *[Reply(500)] * 4)
+    cancel_job(job.owner, job.id, keep_latest=False)
+    plane.set_fields(job.id, updated_at=utcnow() - timedelta(minutes=10))
+
+    # When reconcile runs
+    plane.reconcile()
+
+    # Then RunPod is asked again, and the job ends cancelled at the next reconcile
+    assert plane.runpod.jobs[job.runpod_job_id or ""].status == "CANCELLED"
+    plane.reconcile()
+    assert plane.job(job.id).status == JobStatus.CANCELLED
