@@ -131,10 +131,12 @@ def test_retry_of_a_failed_job_resumes_from_its_newest_checkpoint(plane: Control
     for seq, step in ((2, 10), (4, 20)):
         plane.worker_event(job.id, "checkpoint", seq, plane.checkpoint(job, step, ArtifactKind.OPTIMIZER).model_dump(mode="json"))
         plane.worker_event(job.id, "checkpoint", seq + 1, plane.checkpoint(job, step).model_dump(mode="json"))
-    plane.runpod.fail(job.runpod_job_id or "", "engine crashed", output=plane.result(
-        job, status="failed", error={"code": "GPU_OOM", "message": "out of memory at batch 4", "kind": "user"}))
+    # (the worker returns `error: "<CODE>: <message>"`; RunPod keeps that string and the rest of the manifest as output)
+    plane.runpod.fail(job.runpod_job_id or "", "GPU_OOM: out of memory at batch 4", output=plane.result(job, status="failed"))
     plane.runpod_webhook(job.id, plane.runpod.webhook_body(job.runpod_job_id or ""))
-    assert plane.job(job.id).status == JobStatus.FAILED and plane.job(job.id).attempts == 1  # user errors are never retried
+    failed = plane.job(job.id)
+    assert failed.status == JobStatus.FAILED and failed.attempts == 1  # user errors are never retried
+    assert failed.error is not None and (failed.error.code, failed.error.kind) == ("GPU_OOM", "user")
 
     # When its owner retries it (twice) and the new job is dispatched
     retried = retry_job(job.owner, job.id)

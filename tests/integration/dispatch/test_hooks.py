@@ -187,6 +187,20 @@ def test_a_second_run_of_the_same_dispatch_is_told_to_stop_and_cancelled(plane: 
     assert plane.job(job.id).runpod_job_id == job.runpod_job_id and plane.job(job.id).status == JobStatus.RUNNING
 
 
+def test_the_refused_runs_own_failure_report_does_not_touch_the_job(plane: ControlPlane) -> None:
+    # Given a running job, and a duplicate run that was refused with 409
+    job = running_job(plane)
+    assert plane.start_worker(job.id, runpod_job_id="duplicate-run-u1", seq=1).status == 409
+
+    # When that duplicate reports its own stop (same attempt, signed with the same per-job secret)
+    answer = plane.worker_event(job.id, "failed", 2, plane.result(
+        job, status="failed", error={"code": "DUPLICATE_RUN", "message": "the API refused this run (409)", "kind": "system"}))
+
+    # Then the job's own run is untouched
+    assert answer.status == 200 and answer.body["status"] == "ignored"
+    assert plane.job(job.id).status == JobStatus.RUNNING
+
+
 def test_checkpoints_beyond_keep_are_deleted_from_s3(plane: ControlPlane) -> None:
     # Given a running job that keeps 2 checkpoints
     job = running_job(plane, keep=2)

@@ -19,7 +19,7 @@ from datetime import datetime
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
-from ..contract import ProgressData, StartedData, WorkerEvent, WorkerEventType, WorkerResult
+from ..contract import ProgressData, StartedData, WorkerErrorCode, WorkerEvent, WorkerEventType, WorkerResult
 from ..dal.jobs_table import JobsTable
 from ..dal.storage import Storage
 from ..models.artifact import Artifact, ArtifactKind
@@ -157,6 +157,9 @@ def _apply_end(table: JobsTable, job: Job, event: WorkerEvent) -> HookReply:
     except ValidationError as exc:
         raise InvalidInput(f"{event.type} event data is not a worker result", code="INVALID_WORKER_EVENT",
                            details=exc.errors(include_url=False, include_input=False)) from exc
+    if result.error is not None and result.error.code == WorkerErrorCode.DUPLICATE_RUN:
+        # A run we refused (409 on its `started`) reporting its own stop: it says nothing about the job's run.
+        return ignored("report of a refused duplicate run")
     if event.type == WorkerEventType.CANCELLED and job.status != JobStatus.CANCELLING:
         # RunPod stops a worker the same way for a cancel, its ttl and its executionTimeout: only RunPod's status tells them apart.
         return ignored("the job was not being cancelled; RunPod's status decides how this run ended")
