@@ -99,10 +99,12 @@ def ingest_object(bucket: str, key: str, version_id: str | None, etag: str | Non
         else:
             outcome = IngestOutcome.ignored(key, "NOT_A_TRIGGER_KEY", "not a dataset upload or a drop")
     except Exception:
+        metrics.add_metric(name="IngestFailed", unit=MetricUnit.Count, value=1)
         logger.exception("ingest failed for a reason that is not the upload's; the event will be retried, then dead-lettered to IngestDLQ",
                          extra=log_keys)
         raise
     log = logger.debug if outcome.reason in ("FOLDER_FILE", "NOT_A_TRIGGER_KEY") else logger.info
+    metrics.add_metric(name=f"Ingest{outcome.action.value.title()}", unit=MetricUnit.Count, value=1)
     summary = outcome.model_dump(mode="json", exclude={"key", "warnings", "message"})
     log(f"ingest outcome: {outcome.message}", extra={**log_keys, **summary})
     return outcome
