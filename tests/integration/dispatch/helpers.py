@@ -107,12 +107,12 @@ class ControlPlane:
                 for j in self.table.list_jobs_by_status(s, limit=100).items}
 
     # -- stream -> dispatch ------------------------------------------------------------------------
-    def stream_record(self, job_id: str, event_name: str = "INSERT") -> dict[str, Any]:
+    def stream_record(self, job_id: str, sample: str = "dynamodb_stream_job_queued") -> dict[str, Any]:
+        """A stream record shaped like `events/<sample>.json` (INSERT, or MODIFY for a re-queue) whose NewImage is the stored item."""
         item = client("dynamodb").get_item(TableName=self.table.name, Key={"pk": {"S": job_pk(job_id)}, "sk": {"S": "META"}},
                                            ConsistentRead=True)["Item"]
-        record = load_event("dynamodb_stream_job_queued")["Records"][0]
+        record = load_event(sample)["Records"][0]
         record["eventID"] = uuid.uuid4().hex
-        record["eventName"] = event_name
         record["dynamodb"]["Keys"] = {"pk": item["pk"], "sk": item["sk"]}
         record["dynamodb"]["NewImage"] = item
         return record

@@ -218,6 +218,25 @@ def test_runpod_down_beyond_the_retry_budget_requeues_then_reconcile_dispatches(
     plane.runpod.only_run_for(job.id)
 
 
+def test_requeue_stream_record_is_dispatched_only_once_its_next_attempt_is_due(plane: ControlPlane) -> None:
+    # Given a job RunPod refused, back in the queue with a next attempt time
+    job = plane.seed_job()
+    plane.runpod.script("run", *[Reply(503)] * 4)
+    plane.dispatch(job.id)
+    requeued = plane.stream_record(job.id, "dynamodb_stream_job_requeued")
+    assert requeued["eventName"] == "MODIFY"
+
+    # When the MODIFY record of the re-queue reaches dispatch before the attempt is due
+    assert dispatch_app.lambda_handler(plane.stream_event(requeued), plane.context) == {"batchItemFailures": []}
+
+    # Then nothing is sent; once due, a record for it starts the job
+    assert len(plane.runpod.calls_to("run")) == 4 and plane.job(job.id).status == JobStatus.QUEUED
+    plane.set_fields(job.id, next_attempt_at=utcnow() - timedelta(seconds=1))
+    dispatch_app.lambda_handler(plane.stream_event(plane.stream_record(job.id, "dynamodb_stream_job_requeued")), plane.context)
+    assert plane.job(job.id).status == JobStatus.STARTING
+    plane.runpod.only_run_for(job.id)
+
+
 def test_dispatch_gives_up_after_max_dispatch_attempts(plane: ControlPlane, configure) -> None:
     # Given a limit of 2 dispatch attempts and RunPod down
     configure(MAX_DISPATCH_ATTEMPTS="2", RUNPOD_MAX_RETRIES="0")

@@ -9,6 +9,7 @@ import pytest
 from loraforge.dal.storage import Storage
 from loraforge.models import ArtifactKind, EventType, JobStatus
 from tests.integration.dispatch.helpers import ControlPlane
+from tests.support.events import load_event
 
 
 def running_job(plane: ControlPlane, **seed):
@@ -36,6 +37,27 @@ def test_completion_webhook_applies_the_result_and_the_actual_cost(plane: Contro
     assert [a.kind for a in plane.table.list_artifacts(job.id, "final")] == [ArtifactKind.FINAL]
     assert plane.table.capacity_holders() == set()
     assert len(plane.runpod.calls_to("status")) == 1  # the claim was confirmed before it was believed
+
+
+def test_failed_run_webhook_fails_the_job_with_the_workers_reason_and_cost(plane: ControlPlane) -> None:
+    # Given a running job whose run failed on RunPod as in events/runpod_webhook_failed.json (GPU out of memory)
+    job = running_job(plane)
+    sample = load_event("runpod_webhook_failed")
+    run_id = job.runpod_job_id or ""
+    plane.runpod.fail(run_id, sample["error"], output={**sample["output"], "job_id": job.id},
+                      delay_ms=sample["delayTime"], execution_ms=sample["executionTime"])
+    body = {**sample, "id": run_id, "input": plane.runpod.jobs[run_id].input, "output": plane.runpod.jobs[run_id].output}
+
+    # When the webhook arrives
+    answer = plane.runpod_webhook(job.id, body)
+
+    # Then the job failed with the worker's code, as a user error (never retried), and the run is billed
+    assert answer.status == 200
+    stored = plane.job(job.id)
+    assert stored.status == JobStatus.FAILED and stored.attempts == 1
+    assert stored.error is not None and (stored.error.code, stored.error.kind) == ("GPU_OOM", "user")
+    assert "lower batch_size" in stored.error.message
+    assert stored.cost.billed_seconds == pytest.approx((sample["delayTime"] + sample["executionTime"]) / 1000)
 
 
 def test_webhook_delivered_twice_changes_nothing_the_second_time(plane: ControlPlane) -> None:
