@@ -45,6 +45,7 @@ class RunPodWebhookBody(BaseModel):
     output: dict[str, Any]
     status: str
     webhook: str
+    error: str | None = None  # FAILED runs: the worker's "<CODE>: <message>" (RunPod keeps only a string)
 
 
 # File-name prefix -> the model the receiving function parses with. Every file in events/ must match one.
