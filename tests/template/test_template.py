@@ -272,9 +272,9 @@ def test_dispatch_filter_takes_queued_jobs_only() -> None:
     assert matched == {"inserted": True, "requeued": True, "running": False, "event_item": False}
 
 
-def test_notify_filter_takes_job_and_dataset_meta_items_only() -> None:
-    # Given the notify filter and records for a job, a dataset, a capacity counter and a job metric
-    (pattern,) = lambda_event_source_filters(TEMPLATE)["NotifyFunction"]
+def test_notify_filter_takes_job_and_dataset_meta_items_and_new_checkpoints_only() -> None:
+    # Given the notify filters (ORed) and records for a job, a dataset, a capacity counter, a job metric and a checkpoint
+    patterns = lambda_event_source_filters(TEMPLATE)["NotifyFunction"]
     job = load_event("dynamodb_stream_job_succeeded")["Records"][0]
     dataset = copy.deepcopy(job)
     dataset["dynamodb"]["NewImage"]["pk"] = {"S": "DS#ds_01jd4m5a7b2c9e4f6g8h"}
@@ -284,15 +284,18 @@ def test_notify_filter_takes_job_and_dataset_meta_items_only() -> None:
     metric["dynamodb"]["NewImage"]["sk"] = {"S": "MET#000002000"}
     removed = copy.deepcopy(job)
     removed["eventName"] = "REMOVE"
+    checkpoint = load_event("dynamodb_stream_checkpoint_notify")["Records"][0]
+    sample = copy.deepcopy(checkpoint)
+    sample["dynamodb"]["Keys"]["sk"] = sample["dynamodb"]["NewImage"]["sk"] = {"S": "ART#sample#000000010#a.jpg"}
+    records = {"job": job, "dataset": dataset, "capacity": capacity, "metric": metric, "removed": removed,
+               "checkpoint": checkpoint, "sample": sample}
 
-    # When each record is matched
-    matched = {
-        name: _dispatch_matches(pattern, r)
-        for name, r in {"job": job, "dataset": dataset, "capacity": capacity, "metric": metric, "removed": removed}.items()
-    }
+    # When each record is matched against any of the filters
+    matched = {name: any(_dispatch_matches(p, r) for p in patterns) for name, r in records.items()}
 
-    # Then only job and dataset META changes reach notify (a TTL removal never does)
-    assert matched == {"job": True, "dataset": True, "capacity": False, "metric": False, "removed": False}
+    # Then only job and dataset META changes and new checkpoints reach notify (a TTL removal never does)
+    assert matched == {"job": True, "dataset": True, "capacity": False, "metric": False, "removed": False,
+                       "checkpoint": True, "sample": False}
 
 
 def test_ingest_rule_retries_then_dead_letters(translated: dict[str, Any]) -> None:

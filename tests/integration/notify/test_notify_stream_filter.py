@@ -28,10 +28,6 @@ def test_job_and_dataset_changes_reach_the_notify_function(name):
     assert passes_notify_filter(only_record(name))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "template.yaml: NotifyFunction's FilterCriteria needs a second pattern for job.checkpoint webhooks: "
-    '{"eventName":["INSERT"],"dynamodb":{"Keys":{"sk":{"S":[{"prefix":"ART#checkpoint#"}]}}}} '
-    "- remove this mark once it is there"))
 def test_a_new_checkpoint_reaches_the_notify_function():
     assert passes_notify_filter(only_record("dynamodb_stream_checkpoint_notify"))
 
