@@ -83,11 +83,10 @@ def ingest_object(bucket: str, key: str, version_id: str | None, etag: str | Non
                   lambda_context: Any = None) -> IngestOutcome:
     """Handle one created object. `key` is already URL-decoded (dal.keys.decode_event_key)."""
     log_keys = {"bucket": bucket, "key": key, "version_id": version_id, "etag": etag, "size": size}
-    if bucket != get_settings().bucket_name:
-        logger.warning("event for another bucket ignored", extra=log_keys)
-        return IngestOutcome.ignored(key, "WRONG_BUCKET", f"bucket {bucket} is not this deployment's data bucket")
     try:
-        if (archive_ref := keys.parse_dataset_archive_key(key)) is not None:
+        if bucket != get_settings().bucket_name:
+            outcome = IngestOutcome.ignored(key, "WRONG_BUCKET", f"bucket {bucket} is not this deployment's data bucket")
+        elif (archive_ref := keys.parse_dataset_archive_key(key)) is not None:
             outcome = ingest_api_upload(archive_ref, key=key, version_id=version_id, size=size)
         elif (drop_ref := keys.parse_drop_key(key)) is not None:
             from .drop_to_train import ingest_drop  # drop_to_train builds on this module's helpers
@@ -103,7 +102,7 @@ def ingest_object(bucket: str, key: str, version_id: str | None, etag: str | Non
         logger.exception("ingest failed for a reason that is not the upload's; the event will be retried, then dead-lettered to IngestDLQ",
                          extra=log_keys)
         raise
-    log = logger.debug if outcome.reason in ("FOLDER_FILE", "NOT_A_TRIGGER_KEY") else logger.info
+    log = {"FOLDER_FILE": logger.debug, "NOT_A_TRIGGER_KEY": logger.debug, "WRONG_BUCKET": logger.warning}.get(outcome.reason, logger.info)
     metrics.add_metric(name=f"Ingest{outcome.action.value.title()}", unit=MetricUnit.Count, value=1)
     summary = outcome.model_dump(mode="json", exclude={"key", "warnings", "message"})
     log(f"ingest outcome: {outcome.message}", extra={**log_keys, **summary})
