@@ -8,6 +8,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
+    "loraforge.cli.local",
     "loraforge.cli.presets",
     "loraforge.cli.datasets",
     "loraforge.cli.jobs",
