@@ -79,7 +79,8 @@ class ApiResponse:
 
     @property
     def error_code(self) -> str | None:
-        return self.json.get("error", {}).get("code") if isinstance(self.json, dict) else None
+        error = self.json.get("error") if isinstance(self.json, dict) else None  # a job's own `error` field may be null
+        return error.get("code") if isinstance(error, dict) else None
 
 
 def invoke(event: dict[str, Any], context: Any) -> ApiResponse:

@@ -11,6 +11,9 @@ from loraforge.models.status import JobStatus
 from tests.integration.api.conftest import Api, job_body
 from tests.support.apigw import OWNER_A, OWNER_B
 
+# Routes that add no metric make powertools warn once per call; that is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+
 # (route, request for a job id or a dataset id): every route that takes an id.
 JOB_ROUTES: list[tuple[str, str, Callable[[str], str], dict]] = [
     ("get job", "GET", lambda i: f"/v1/jobs/{i}", {}),

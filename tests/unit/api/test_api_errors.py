@@ -14,6 +14,9 @@ from loraforge.models import Hyperparameters, Job, utcnow
 from loraforge.models.status import JobStatus
 from tests.support.apigw import api_event, invoke
 
+# Routes that add no metric make powertools warn once per call; that is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+
 
 def test_an_unexpected_exception_is_a_500_with_the_request_id_and_no_internals(lambda_context, monkeypatch, caplog) -> None:
     # Given a logic function that fails in a way no input explains

@@ -62,7 +62,8 @@ def decode_cursor(cursor: str | None, *, expected_keys: set[str], partition: tup
     if (
         not isinstance(plain, dict)
         or set(plain) != expected_keys
-        or not all(isinstance(v, str) for v in plain.values())
+        # DynamoDB refuses an empty key value (a ValidationException, i.e. a 500): only non-empty strings pass.
+        or not all(isinstance(v, str) and 0 < len(v) <= 1024 for v in plain.values())
         or plain.get(partition[0]) != partition[1]
     ):
         raise InvalidInput("cursor is not one this API returned for this listing", code="INVALID_CURSOR")
