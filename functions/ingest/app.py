@@ -8,6 +8,7 @@ invocation is retried and finally dead-lettered to IngestDLQ, with a log line sa
 
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -25,6 +26,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     try:
         parsed = parse(event=event, model=S3EventNotificationEventBridgeModel)
     except ValidationError:
+        metrics.add_metric(name="IngestFailed", unit=MetricUnit.Count, value=1)
         logger.exception("malformed S3 Object Created event: it cannot be processed and goes to IngestDLQ after the retries")
         raise
     obj = parsed.detail.object

@@ -164,3 +164,13 @@ def _datasets(ingest: IngestRig):
     from loraforge.dal.jobs_table import JobsTable
 
     return JobsTable().list_datasets_by_owner(OWNER, limit=100).items
+
+
+def test_a_drop_for_a_video_preset_is_a_video_dataset_that_accepts_clips(ingest: IngestRig) -> None:
+    from tests.unit.ingest.archive_builders import mp4_bytes
+
+    clips = [(f"clip_{i}.mp4", mp4_bytes(832 + 16 * i, 480)) for i in range(4)]
+    outcome = ingest.drop(f"incoming/{OWNER}/dance.zip", build_zip([*clips, ("loraforge.yaml", b"preset: wan21-1.3b\n")]))
+    dataset = ingest.dataset(outcome["dataset_id"])
+    assert (dataset.status, dataset.kind, dataset.stats.images) == (DatasetStatus.READY, "video", 4)
+    assert [j.preset for j in ingest.jobs()] == ["wan21-1.3b"]

@@ -35,7 +35,7 @@ from ..datasets.drop_config import MAX_DROP_CONFIG_BYTES, DropConfigError, datas
 from ..datasets.rules import ValidationRules, generic_rules, rules_for_preset
 from ..datasets.validate import MEDIA_SUFFIXES, ValidationReport, validate_archive
 from ..models.common import utcnow
-from ..models.dataset import Dataset, DatasetError
+from ..models.dataset import Dataset, DatasetError, DatasetKind
 from ..models.errors import Conflict, InvalidTransition, LoraforgeError
 from ..models.job import JobSource
 from ..models.requests import CreateJobRequest, DropConfig
@@ -97,6 +97,8 @@ def ingest_drop(ref: keys.DropRef, *, version_id: str | None, etag: str | None, 
     with tempfile.TemporaryDirectory(prefix="drop-") as scratch:
         local = Path(scratch) / "dataset.zip"
         config, report, sha, archive_size = _prepare_and_validate(storage, ref, folder_files, version_id, size, local)
+        if config is not None and rules_for_preset(config.preset).modality == "video":
+            dataset = dataset.model_copy(update={"kind": DatasetKind.VIDEO})
         if dataset.status == DatasetStatus.VALIDATING:
             if report.ok:
                 if ref.is_folder:
