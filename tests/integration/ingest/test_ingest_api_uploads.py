@@ -19,7 +19,7 @@ def new_dataset(name: str = "portraits", owner: str = OWNER, kind: DatasetKind =
 def test_an_uploaded_archive_validates_its_dataset_without_queueing_a_job(ingest: IngestRig) -> None:
     # Given a dataset created through the API, awaiting its upload
     dataset = new_dataset()
-    data = build_zip([*dataset_entries(5), ("small.png", image_bytes(9, size=(16, 16)))])
+    data = build_zip([*dataset_entries(5), ("small.png", image_bytes(9, size=(16, 16))), ("loraforge.yaml", b"preset: sdxl\n")])
     # When the archive arrives at its key
     outcome = ingest.drop(dataset.archive_key, data)
     # Then the dataset is ready against the generic rules, with its manifest, and no job is created

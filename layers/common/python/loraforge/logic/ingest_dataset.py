@@ -33,6 +33,7 @@ from ..dal import keys
 from ..dal.jobs_table import JobsTable
 from ..dal.storage import Storage
 from ..datasets.archive import ArchiveLimits, SafeArchive, UnsafeArchive
+from ..datasets.drop_config import find_config_entry
 from ..datasets.rules import ValidationRules, generic_rules
 from ..datasets.validate import ValidationReport, validate_archive
 from ..models.dataset import Dataset
@@ -189,10 +190,14 @@ def fetch_object(key: str, version_id: str | None, size: int | None, dest: Path)
 
 
 def validate_file(path: Path, rules: ValidationRules) -> ValidationReport:
-    """Open `path` safely and validate it against `rules`; an unsafe archive becomes a refused report."""
+    """Open `path` safely and validate it against `rules`; an unsafe archive becomes a refused report.
+
+    A loraforge.yaml in an API upload (the same zip used for a drop) is not data and not an error: skipped.
+    """
     try:
         with SafeArchive.open(path, archive_limits()) as archive:
-            return validate_archive(archive, rules)
+            config = find_config_entry(archive.files)
+            return validate_archive(archive, rules, skip=frozenset({config.path}) if config else frozenset())
     except UnsafeArchive as exc:
         return ValidationReport.refused(exc.code, exc.message)
 
