@@ -6,4 +6,6 @@ SERVICE = "loraforge"
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace="loraforge", service=SERVICE)
-tracer = Tracer(service=SERVICE)
+# Patch only what the functions call out with (AWS SDK, RunPod and webhooks over httpx): patch_all would import
+# and instrument every library X-Ray supports on each cold start.
+tracer = Tracer(service=SERVICE, patch_modules=("botocore", "httpx"))
