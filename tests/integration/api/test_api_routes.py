@@ -57,7 +57,7 @@ def test_post_estimate_without_dataset_returns_time_cost_vram_and_warnings(api: 
     response = api.call("POST", "/v1/estimates", body={"preset": "sdxl", "image_count": 5, "hyperparameters": {"steps": 50}})
     # Then it prices the run with the configured GPU price and warns about what a trainer would
     assert response.status == 200, response.json
-    estimate = response.json["estimate"]
+    estimate = response.json
     assert estimate["seconds"] > 0 and estimate["vram_gb"] > 0
     assert estimate["cost_usd"] == pytest.approx(estimate["seconds"] * 0.00031)
     codes = {w.split(":")[0] for w in estimate["warnings"]}
@@ -72,7 +72,7 @@ def test_post_estimate_with_a_dataset_uses_its_stats(api: Api) -> None:
     response = api.call("POST", "/v1/estimates", body={"preset": "sdxl", "dataset_id": dataset.id})
     # Then the upscaling warning comes from the dataset, and nothing was created
     assert response.status == 200, response.json
-    assert any(w.startswith("UPSCALING") for w in response.json["estimate"]["warnings"])
+    assert any(w.startswith("UPSCALING") for w in response.json["warnings"])
     assert response.json["image_count"] == 30
     assert api.call("GET", "/v1/jobs").json["items"] == []
 

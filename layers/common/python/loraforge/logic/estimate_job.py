@@ -15,7 +15,6 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import Field, StringConstraints, model_validator
 
 from ..dal.jobs_table import JobsTable
-from ..models.base import DomainModel
 from ..models.dataset import Dataset
 from ..models.errors import Conflict, InvalidInput
 from ..models.job import Estimate, Hyperparameters
@@ -43,14 +42,14 @@ class EstimateRequest(JobOptions):
         return self
 
 
-class EstimateResult(DomainModel):
+class EstimateResult(Estimate):
+    """The estimate (the same fields a job's `estimate` carries) and what it was computed for."""
+
     preset: str
-    gpu_class: str
-    gpu_name: str = Field(description="The GPU the preset's numbers are measured on")
+    gpu_name: str = Field(description="The GPU the preset is sized for")
     dataset_id: str | None = None
     image_count: int | None = Field(default=None, description="The number of images the warnings assume (null: unknown)")
     hyperparameters: Hyperparameters = Field(description="Resolved: the preset's defaults with your overrides")
-    estimate: Estimate
 
 
 @dataclass(frozen=True)
@@ -128,11 +127,10 @@ def estimate_job(owner: str, request: EstimateRequest) -> EstimateResult:
     metrics.add_metric(name="EstimateRequested", unit=MetricUnit.Count, value=1)
     logger.info("estimate computed", extra={"preset": plan.preset.id, "seconds": plan.estimate.seconds, "cost_usd": plan.estimate.cost_usd})
     return EstimateResult(
+        **plan.estimate.model_dump(),
         preset=plan.preset.id,
-        gpu_class=plan.preset.gpu_class,
         gpu_name=plan.preset.recommended_gpu,
         dataset_id=dataset.id if dataset else None,
         image_count=dataset.stats.images if dataset else request.image_count,
         hyperparameters=plan.hyperparameters,
-        estimate=plan.estimate,
     )
