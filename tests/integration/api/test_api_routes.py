@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,6 +14,7 @@ from loraforge import secrets_store, signing
 from loraforge.api.resolver import openapi_document_dict
 from loraforge.models import ArtifactKind
 from loraforge.models.status import DatasetStatus, JobStatus
+from loraforge.observability import logger
 from loraforge.presets import load_presets
 from tests.integration.api.conftest import ENDPOINTS, PUBLIC_WEBHOOK, Api, job_body
 from tests.support.apigw import OWNER_A, OWNER_B, api_event, invoke
@@ -289,3 +291,41 @@ def test_a_base64_encoded_body_is_decoded(api: Api) -> None:
     # Then it is read like any other
     assert response.status == 201, response.json
     assert response.json["name"] == "b64"
+
+
+
+def _json_lines(text: str) -> list[dict]:
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def test_metrics_and_log_keys_through_the_shared_observability(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a ready dataset, and the shared logger writing where the test can read it
+    dataset = api.dataset()
+    log = io.StringIO()
+    previous = logger.registered_handler.setStream(log)
+    capsys.readouterr()
+    try:
+        # When an estimate, a job and its cancellation are requested
+        api.call("POST", "/v1/estimates", body={"preset": "sdxl"})
+        job = api.call("POST", "/v1/jobs", body=job_body(dataset.id)).json
+        api.call("POST", f"/v1/jobs/{job['id']}/cancel")
+    finally:
+        logger.registered_handler.setStream(previous)
+    # Then each use case published its metric (CloudWatch EMF on stdout)
+    emf = _json_lines(capsys.readouterr().out)
+    published = {m["Name"] for r in emf for d in r.get("_aws", {}).get("CloudWatchMetrics", []) for m in d["Metrics"]}
+    assert {"EstimateRequested", "JobsCreated", "JobsCancelled"} <= published
+    # and the job's log lines carry the owner and the job id, plus the API Gateway request id as correlation id
+    records = _json_lines(log.getvalue())
+    created = next(r for r in records if r.get("message") == "job created")
+    assert created["owner"] == OWNER_A and created["job_id"] == job["id"] and created["correlation_id"]
+    about_the_job = [r for r in records if r.get("job_id") == job["id"]]
+    assert len(about_the_job) >= 2 and all(r["owner"] == OWNER_A for r in about_the_job)

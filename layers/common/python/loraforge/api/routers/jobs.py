@@ -70,8 +70,10 @@ def post_cancel(owner: OwnerId, job_id: JobIdPath, body: Annotated[CancelRequest
     from ...logic.cancel_job import cancel_job  # only this route needs the RunPod client behind it
 
     logger.append_keys(job_id=job_id)
-    job = cancel_job(owner, job_id, (body or CancelRequest()).keep_latest)
+    keep_latest = (body or CancelRequest()).keep_latest
+    job = cancel_job(owner, job_id, keep_latest)
     metrics.add_metric(name="JobsCancelled", unit=MetricUnit.Count, value=1)
+    logger.info("job cancel requested", extra={"status": str(job.status), "keep_latest": keep_latest})
     return job.public()  # type: ignore[return-value]
 
 
@@ -84,7 +86,9 @@ def post_retry(owner: OwnerId, job_id: JobIdPath) -> JobView:
     from ...logic.retry_job import retry_job
 
     logger.append_keys(job_id=job_id)
-    return retry_job(owner, job_id).public()  # type: ignore[return-value]
+    retry = retry_job(owner, job_id)
+    logger.info("job retried", extra={"retry_job_id": retry.id, "attempt": retry.attempts})
+    return retry.public()  # type: ignore[return-value]
 
 
 @router.get("/v1/jobs/<job_id>/events", summary="What happened to a job, oldest first", tags=TAGS, security=JWT_SECURITY,
