@@ -171,7 +171,10 @@ def test_s3_objects_reach_ingest_through_eventbridge_with_the_templates_pattern(
     assert {e.detail_type for e in events} == {"Object Created"} and {e.source for e in events} == {"aws.s3"}
 
 
-def test_an_ingest_event_failing_every_retry_lands_in_the_dlq(aws_stack: StackResources, template: dict[str, Any], refs: TemplateRefs) -> None:
+def test_an_ingest_event_failing_every_retry_lands_in_the_on_failure_queue(
+    aws_stack: StackResources, template: dict[str, Any], refs: TemplateRefs
+) -> None:
+    # Given an ingest handler that raises on every event
     spec = function_specs(template)["IngestFunction"]
 
     def explode(event: Any) -> None:
@@ -180,13 +183,17 @@ def test_an_ingest_event_failing_every_retry_lands_in_the_dlq(aws_stack: StackRe
     function = StandInFunction(spec, explode)
     pump = EventBridgePump(function, "ObjectCreated", spec.events["ObjectCreated"]["Properties"], refs, clients, poll_interval=0.01)  # type: ignore[arg-type]
 
+    # When an event is delivered
     delivered = pump.deliver({"id": "evt-1", "detail": {}})
 
+    # Then it was invoked 1 + EventInvokeConfig.MaximumRetryAttempts times and Lambda's failure record is on IngestDLQ
     assert delivered is False
-    assert len(function.events) == 1 + pump.max_retries
-    (message,) = boto3.client("sqs").receive_message(QueueUrl=aws_stack.queues["IngestDLQ"], MessageAttributeNames=["All"])["Messages"]
-    assert json.loads(message["Body"])["id"] == "evt-1"
-    assert "poison" in message["MessageAttributes"]["ERROR_MESSAGE"]["StringValue"]
+    assert len(function.events) == 1 + int(spec.event_invoke_config["MaximumRetryAttempts"])
+    (message,) = boto3.client("sqs").receive_message(QueueUrl=aws_stack.queues["IngestDLQ"])["Messages"]
+    record = json.loads(message["Body"])
+    assert record["requestPayload"]["id"] == "evt-1"
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["responsePayload"] == {"errorType": "ValueError", "errorMessage": "poison"}
 
 
 def test_sqs_pump_deletes_only_the_messages_that_succeeded(aws_stack: StackResources, template: dict[str, Any], refs: TemplateRefs) -> None:

@@ -55,6 +55,8 @@ class FunctionSpec:
     timeout: float
     memory: int
     events: Mapping[str, Mapping[str, Any]]
+    event_invoke_config: Mapping[str, Any] = field(default_factory=dict)
+    """Asynchronous invocation settings (retries, on-failure destination), unresolved."""
 
 
 def function_specs(template: Mapping[str, Any]) -> dict[str, FunctionSpec]:
@@ -74,6 +76,7 @@ def function_specs(template: Mapping[str, Any]) -> dict[str, FunctionSpec]:
             timeout=float(props.get("Timeout", globals_fn.get("Timeout", 3))),
             memory=int(props.get("MemorySize", globals_fn.get("MemorySize", 128))),
             events=props.get("Events") or {},
+            event_invoke_config=props.get("EventInvokeConfig") or {},
         )
     return specs
 

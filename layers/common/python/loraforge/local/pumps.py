@@ -124,7 +124,13 @@ class Pump(threading.Thread):
 
 # -- S3 via EventBridge ------------------------------------------------------------------------------
 class EventBridgePump(Pump):
-    """EventBridge rule (the function's pattern) → SQS capture queue → the function, one event per invocation."""
+    """EventBridge rule (the function's pattern) → SQS capture queue → the function, one event per invocation.
+
+    EventBridge invokes Lambda asynchronously, so a raising invocation follows the function's
+    `EventInvokeConfig`: `MaximumRetryAttempts` more tries (Lambda waits 1 then 2 minutes; locally the
+    backoff is short), then an invocation record on its `OnFailure` destination. The rule's own
+    `RetryPolicy`/`DeadLetterConfig` cover events EventBridge cannot deliver, which cannot happen here.
+    """
 
     source = "eventbridge"
 
@@ -137,9 +143,10 @@ class EventBridgePump(Pump):
         props = refs.resolve(dict(properties))
         self.pattern: dict[str, Any] = props["Pattern"]
         self.bus = props.get("EventBusName", "default")
-        retry = props.get("RetryPolicy") or {}
-        self.max_retries = int(retry.get("MaximumRetryAttempts", 185))
-        self.dlq_url = refs.queue_url_for_arn(props["DeadLetterConfig"]["Arn"]) if props.get("DeadLetterConfig") else None
+        invoke_config = refs.resolve(dict(function.spec.event_invoke_config))
+        self.max_retries = int(invoke_config.get("MaximumRetryAttempts", 2))
+        on_failure = ((invoke_config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+        self.on_failure_url = refs.queue_url_for_arn(on_failure) if on_failure else None
         self.rule_name = f"loraforge-local-{function.spec.logical_id}-{event_name}"[:64]
         self.queue_url = ""
 
@@ -162,7 +169,7 @@ class EventBridgePump(Pump):
         return bool(messages)
 
     def deliver(self, event: dict[str, Any], picked_up: float | None = None) -> bool:
-        """Invokes with retries; an event that fails every retry goes to the rule's dead-letter queue. True if delivered."""
+        """Invokes with Lambda's async retries; an event failing every try goes to the on-failure destination. True if handled."""
         attempt = 0
         while True:
             _, error = self._call(self.function, event, 1, picked_up or time.time())
@@ -173,10 +180,18 @@ class EventBridgePump(Pump):
                 break
             if self.wait(retry_delay(attempt, self.poll_interval)):
                 break
-        if self.dlq_url:
-            reason = {"DataType": "String", "StringValue": f"{type(error).__name__}: {error}"[:256]}
-            self.clients("sqs").send_message(QueueUrl=self.dlq_url, MessageBody=json.dumps(event), MessageAttributes={"ERROR_MESSAGE": reason})
-            log.error("%s: event %s sent to the dead-letter queue after %d attempts", self.name, event.get("id"), attempt)
+        log.error("%s: event %s failed %d invocations", self.name, event.get("id"), attempt)
+        if self.on_failure_url:
+            record = {
+                "version": "1.0",
+                "timestamp": datetime.now(UTC).isoformat(),
+                "requestContext": {"requestId": str(uuid.uuid4()), "functionArn": f"{self.function.context().invoked_function_arn}:$LATEST",
+                                   "condition": "RetriesExhausted", "approximateInvokeCount": attempt},
+                "requestPayload": event,
+                "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+                "responsePayload": {"errorType": type(error).__name__, "errorMessage": str(error)},
+            }
+            self.clients("sqs").send_message(QueueUrl=self.on_failure_url, MessageBody=json.dumps(record, default=str))
         return False
 
 
