@@ -16,15 +16,25 @@ from loraforge.logic.dispatch import dispatch_job
 from loraforge.observability import logger, metrics, tracer
 
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+# One dispatch's worst case (RunPod retries and timeouts) with room to record its outcome. A job claimed by
+# an invocation that then times out would wait for RunPod's ttl, so a record left without this much time is
+# failed unclaimed instead, and the stream delivers it again.
+MIN_REMAINING_MS = 25_000
+
+
+class OutOfTime(Exception):
+    pass
 
 
 @tracer.capture_method
-def record_handler(record: DynamoDBRecord) -> str:
+def record_handler(record: DynamoDBRecord, lambda_context: LambdaContext | None = None) -> str:
     image = record.dynamodb.new_image if record.dynamodb else {}
     job_id = image.get("id")
     if not isinstance(job_id, str) or image.get("sk") != "META" or not str(image.get("pk", "")).startswith("JOB#"):
         logger.warning("stream record is not a job item; skipped", extra={"event_id": record.event_id})
         return "skipped"
+    if lambda_context is not None and lambda_context.get_remaining_time_in_millis() < MIN_REMAINING_MS:
+        raise OutOfTime(f"{job_id} left for the next delivery: less than {MIN_REMAINING_MS} ms left in this invocation")
     result = dispatch_job(job_id)
     logger.info("dispatch", extra={"job_id": job_id, "outcome": result.outcome, "detail": result.detail})
     return result.outcome

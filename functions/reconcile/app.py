@@ -19,5 +19,5 @@ from loraforge.observability import logger, metrics, tracer
 @event_parser(model=EventBridgeModel)
 def lambda_handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(schedule_time=event.time.isoformat())
-    report = reconcile()
+    report = reconcile(seconds_left=lambda: context.get_remaining_time_in_millis() / 1000)
     return report.__dict__

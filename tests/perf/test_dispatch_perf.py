@@ -59,10 +59,8 @@ def test_dispatch_100_queued_jobs(plane: ControlPlane, configure, dynamodb_calls
     datasets = {f"owner-{i}": plane.seed_dataset(f"owner-{i}") for i in range(10)}
     jobs = [plane.seed_job(owner=f"owner-{i % 10}", dataset=datasets[f"owner-{i % 10}"]) for i in range(JOBS)]
     events = [plane.stream_event(*(plane.stream_record(j.id) for j in jobs[i:i + BATCH])) for i in range(0, JOBS, BATCH)]
-    from functions.dispatch import app
-
     warm = plane.seed_job(owner="owner-0", dataset=datasets["owner-0"])
-    app.lambda_handler(plane.stream_event(plane.stream_record(warm.id)), plane.context)  # warm: imports, clients, secrets
+    plane.dispatch(warm.id)  # warm: imports, clients, secrets
     dynamodb_calls.clear()
     plane.runpod.calls.clear()
     aws_seconds = time_aws_calls()
@@ -71,7 +69,7 @@ def test_dispatch_100_queued_jobs(plane: ControlPlane, configure, dynamodb_calls
     # When every batch goes through the handler
     start = time.perf_counter()
     for event in events:
-        assert app.lambda_handler(event, plane.context) == {"batchItemFailures": []}
+        assert plane.dispatch_event(event) == {"batchItemFailures": []}
     elapsed = time.perf_counter() - start
 
     # Then every job started once; report throughput and calls per job

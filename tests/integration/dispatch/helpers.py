@@ -7,9 +7,11 @@ signed worker events through the API function (events/apigw_v2_*_hook.json).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,6 +41,8 @@ from tests.support.fake_runpod import FakeRunPod
 ENDPOINTS = {"cpu": "ep-cpu", "24gb": "ep-24gb"}
 PRICES = {"cpu": 0.0002, "24gb": 0.00019}
 PUBLIC_API_URL = "https://api.loraforge.test"
+DISPATCH_TIMEOUT_MS = 60_000  # template.yaml DispatchFunction Timeout
+RECONCILE_TIMEOUT_MS = 120_000  # template.yaml ReconcileFunction Timeout
 
 
 def sha(text: str) -> str:
@@ -120,11 +124,18 @@ class ControlPlane:
     def stream_event(self, *records: dict[str, Any]) -> dict[str, Any]:
         return {"Records": list(records)}
 
+    def invocation(self, timeout_ms: int) -> Any:
+        """A fresh Lambda context per invocation, with the function's timeout from template.yaml."""
+        return dataclasses.replace(self.context, timeout_ms=timeout_ms, _started=time.monotonic())
+
     def dispatch(self, *job_ids: str, handler: ModuleType = dispatch_app) -> dict[str, Any]:
-        return handler.lambda_handler(self.stream_event(*(self.stream_record(j) for j in job_ids)), self.context)
+        return self.dispatch_event(self.stream_event(*(self.stream_record(j) for j in job_ids)), handler=handler)
+
+    def dispatch_event(self, event: dict[str, Any], handler: ModuleType = dispatch_app) -> dict[str, Any]:
+        return handler.lambda_handler(event, self.invocation(DISPATCH_TIMEOUT_MS))
 
     def reconcile(self) -> dict[str, Any]:
-        return reconcile_app.lambda_handler(load_event("schedule_reconcile"), self.context)
+        return reconcile_app.lambda_handler(load_event("schedule_reconcile"), self.invocation(RECONCILE_TIMEOUT_MS))
 
     # -- RunPod --------------------------------------------------------------------------------
     def worker_input(self, job_id: str) -> WorkerInput:

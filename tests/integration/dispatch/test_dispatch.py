@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
 from functions.dispatch import app as dispatch_app
 from loraforge.contract import Engine
 from loraforge.dal import keys
@@ -59,8 +62,8 @@ def test_the_same_stream_record_twice_starts_one_run(plane: ControlPlane) -> Non
     record = plane.stream_record(job.id)
 
     # When the dispatch function processes them
-    dispatch_app.lambda_handler(plane.stream_event(record, record), plane.context)
-    dispatch_app.lambda_handler(plane.stream_event(record), plane.context)
+    plane.dispatch_event(plane.stream_event(record, record))
+    plane.dispatch_event(plane.stream_event(record))
 
     # Then RunPod saw one /run
     assert len(plane.runpod.calls_to("run")) == 1
@@ -90,7 +93,7 @@ def test_two_dispatchers_racing_on_one_job_start_one_run(plane: ControlPlane, mo
     answers: list[dict] = []
 
     # When both handle the same record at the same time
-    threads = [threading.Thread(target=lambda c=c: answers.append(c.lambda_handler(plane.stream_event(record), plane.context)))
+    threads = [threading.Thread(target=lambda c=c: answers.append(plane.dispatch_event(plane.stream_event(record), handler=c)))
                for c in containers]
     for t in threads:
         t.start()
@@ -227,14 +230,29 @@ def test_requeue_stream_record_is_dispatched_only_once_its_next_attempt_is_due(p
     assert requeued["eventName"] == "MODIFY"
 
     # When the MODIFY record of the re-queue reaches dispatch before the attempt is due
-    assert dispatch_app.lambda_handler(plane.stream_event(requeued), plane.context) == {"batchItemFailures": []}
+    assert plane.dispatch_event(plane.stream_event(requeued)) == {"batchItemFailures": []}
 
     # Then nothing is sent; once due, a record for it starts the job
     assert len(plane.runpod.calls_to("run")) == 4 and plane.job(job.id).status == JobStatus.QUEUED
     plane.set_fields(job.id, next_attempt_at=utcnow() - timedelta(seconds=1))
-    dispatch_app.lambda_handler(plane.stream_event(plane.stream_record(job.id, "dynamodb_stream_job_requeued")), plane.context)
+    plane.dispatch_event(plane.stream_event(plane.stream_record(job.id, "dynamodb_stream_job_requeued")))
     assert plane.job(job.id).status == JobStatus.STARTING
     plane.runpod.only_run_for(job.id)
+
+
+def test_a_record_reached_too_close_to_the_lambda_timeout_is_left_for_redelivery(plane: ControlPlane) -> None:
+    # Given an invocation with only 20 s left (less than one dispatch's worst case)
+    job = plane.seed_job()
+    record = plane.stream_record(job.id)
+
+    # When the record is handled, the invocation fails (the whole batch: powertools raises) so the stream delivers it again
+    with pytest.raises(BatchProcessingError):
+        dispatch_app.lambda_handler(plane.stream_event(record), plane.invocation(20_000))
+
+    # Then the job was not claimed and RunPod heard nothing; the redelivery starts it
+    assert plane.job(job.id).status == JobStatus.QUEUED and plane.runpod.calls == []
+    plane.dispatch(job.id)
+    assert plane.job(job.id).status == JobStatus.STARTING
 
 
 def test_dispatch_gives_up_after_max_dispatch_attempts(plane: ControlPlane, configure) -> None:

@@ -65,7 +65,7 @@ def apply_runpod_webhook(job_id: str, token: str, body: dict[str, Any] | None) -
     if job.endpoint_id is None:
         return ignored("the job has no RunPod endpoint recorded")
     try:
-        confirmed = get_runpod_client().status(job.endpoint_id, delivery.id)
+        confirmed = get_runpod_client(quick=True).status(job.endpoint_id, delivery.id)
     except RunPodNotFound:
         return ignored("RunPod does not know this run (or no longer); reconcile settles the job")
     except RunPodError as exc:

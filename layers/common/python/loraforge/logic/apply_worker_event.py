@@ -206,6 +206,6 @@ def _refuse_duplicate(table: JobsTable, job: Job, started: StartedData) -> None:
                                                "runpod_job_id": started.runpod_job_id}, dedupe_key=f"dup-{started.runpod_job_id}")
     if endpoint_id:
         try:
-            get_runpod_client().cancel(endpoint_id, started.runpod_job_id)
+            get_runpod_client(quick=True).cancel(endpoint_id, started.runpod_job_id)
         except RunPodError as exc:
             logger.warning("could not cancel the duplicate run", extra={"cause": str(exc)})

@@ -71,7 +71,7 @@ def _stop_run(table: JobsTable, job: Job) -> Job:
         finished = finish_job(table, fresh, Outcome(status="cancelled", source="cancel"))
         return finished or table.get_job(job.id) or fresh
     try:
-        get_runpod_client().cancel(fresh.endpoint_id, fresh.runpod_job_id)
+        get_runpod_client(quick=True).cancel(fresh.endpoint_id, fresh.runpod_job_id)
         sent = "sent"
     except RunPodNotFound:
         sent = "run not found on RunPod (reconcile settles it)"

@@ -119,9 +119,18 @@ def finish_job(table: JobsTable, job: Job, outcome: Outcome, *, start_next: bool
         metrics.add_metric(name=f"Jobs{target.value.capitalize()}", unit="Count", value=1)
         logger.info("job run ended", extra={"job_id": job.id, "from": str(job.status), "to": str(target), "source": outcome.source})
         if start_next and holds_capacity(job.status):
-            from .dispatch import start_next_queued  # dispatch imports this module for its own failures
-
-            start_next_queued(table)
+            _start_next(table)
         return updated
     logger.warning("gave up applying an outcome after repeated races", extra={"job_id": job.id})
     return None
+
+
+def _start_next(table: JobsTable) -> None:
+    """A slot just freed: start the oldest due queued job now. Best effort: reconcile drains the queue anyway."""
+    from ..providers.runpod import get_runpod_client
+    from .dispatch import start_next_queued  # dispatch imports this module for its own failures
+
+    try:
+        start_next_queued(table, client=get_runpod_client(quick=True))
+    except Exception:  # noqa: BLE001 - the run's end is applied; a failed hand-over must not undo or hide that
+        logger.exception("starting the next queued job failed; reconcile will")

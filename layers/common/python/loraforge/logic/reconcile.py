@@ -14,6 +14,7 @@ Each run, with bounded work:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -35,6 +36,8 @@ ACTIVE_STATUSES = (JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CANCELLING)
 NOT_FOUND_GRACE_SECONDS = 120
 # A cancel RunPod has not acted on after this long is sent again (at most once per reconcile run).
 CANCEL_RESEND_SECONDS = 120
+# Worst case of one step (a RunPod call with its retries, or one dispatch) with room to record it.
+MIN_SECONDS_PER_STEP = 30.0
 
 
 @dataclass
@@ -53,13 +56,21 @@ class ReconcileReport:
 
 
 def reconcile(*, max_jobs: int = 100, max_dispatch: int = 20, table: JobsTable | None = None,
-              client: RunPodClient | None = None) -> ReconcileReport:
+              client: RunPodClient | None = None, seconds_left: Callable[[], float] | None = None) -> ReconcileReport:
+    """`seconds_left` (the Lambda's remaining time) stops the run early rather than be killed half-way through a job."""
     table = table or JobsTable()
     client = client or get_runpod_client()
     report = ReconcileReport()
     active, report.truncated = _active_jobs(table, max_jobs)
     now = utcnow()
+
+    def out_of_time() -> bool:
+        return seconds_left is not None and seconds_left() < MIN_SECONDS_PER_STEP
+
     for job in active:
+        if out_of_time():
+            report.truncated = True
+            break
         report.checked += 1
         try:
             _reconcile_job(table, client, job, now, report)
@@ -68,8 +79,11 @@ def reconcile(*, max_jobs: int = 100, max_dispatch: int = 20, table: JobsTable |
             logger.exception("reconciling a job failed", extra={"job_id": job.id})
     if not report.truncated:
         _repair_capacity(table, {j.id for j in active}, {j.owner for j in active}, report)
-    results = start_next_queued(table, max_starts=max_dispatch, max_candidates=max_dispatch * 3, client=client)
-    report.dispatched = sum(1 for r in results if r.outcome == "dispatched")
+    while report.dispatched < max_dispatch and not out_of_time():
+        results = start_next_queued(table, max_starts=1, max_candidates=max_dispatch * 3, client=client)
+        if not any(r.outcome == "dispatched" for r in results):
+            break
+        report.dispatched += 1
     for name, value in (("ReconcileFinished", report.finished), ("ReconcileLeakedSlots", report.leaked_slots_released),
                         ("ReconcileDispatched", report.dispatched), ("ReconcileErrors", report.errors)):
         if value:

@@ -198,14 +198,20 @@ class RunPodClient:
         raise RunPodUnavailable(f"RunPod {op} unavailable after {self.max_retries + 1} attempts (last: {last})")
 
 
-@lru_cache(maxsize=1)
-def get_runpod_client() -> RunPodClient:
-    """One client (and connection pool) per Lambda container; the API key is fetched on first use."""
-    return RunPodClient()
+QUICK_MAX_RETRIES = 1
+
+
+@lru_cache(maxsize=2)
+def get_runpod_client(quick: bool = False) -> RunPodClient:
+    """One client (and connection pool) per Lambda container; the API key is read per call (cached by powertools).
+
+    `quick=True`: one retry only, for calls made while an HTTP request waits (the hooks, cancel, the start of
+    the next queued job after a run ends): API Gateway gives up after 30 s, and reconcile repeats anything
+    left undone.
+    """
+    return RunPodClient(max_retries=QUICK_MAX_RETRIES) if quick else RunPodClient()
 
 
 def reset_runpod_client() -> None:
-    """Tests and the local stack change RUNPOD_BASE_URL: drop the cached client."""
-    if get_runpod_client.cache_info().currsize:
-        get_runpod_client().close()
+    """Tests and the local stack change RUNPOD_BASE_URL: drop the cached clients."""
     get_runpod_client.cache_clear()
