@@ -11,7 +11,7 @@ import pytest
 
 from loraforge.dal.jobs_table import JobsTable
 from loraforge.models import Artifact, ArtifactKind, Dataset, DatasetStats, Hyperparameters, Job, MetricPoint, new_id, utcnow
-from loraforge.models.dataset import DatasetError, RejectedItem
+from loraforge.models.dataset import DatasetError, DatasetKind, RejectedItem
 from loraforge.models.status import DatasetStatus, JobStatus
 from loraforge.settings import reset_settings
 from tests.support.apigw import OWNER_A, ApiResponse, call_api
@@ -37,11 +37,11 @@ class Api:
         return JobsTable()
 
     def dataset(self, owner: str = OWNER_A, *, status: DatasetStatus = DatasetStatus.READY, images: int = 12,
-                min_side: int = 1024) -> Dataset:
+                min_side: int = 1024, kind: DatasetKind = DatasetKind.IMAGES) -> Dataset:
         now = utcnow()
         dataset_id = new_id("ds")
         dataset = Dataset(
-            id=dataset_id, owner=owner, name="mychar", status=status, created_at=now, updated_at=now,
+            id=dataset_id, owner=owner, name="mychar", kind=kind, status=status, created_at=now, updated_at=now,
             archive_key=f"datasets/{owner}/{dataset_id}/dataset.zip",
             manifest_key=f"datasets/{owner}/{dataset_id}/manifest.json" if status in (DatasetStatus.READY, DatasetStatus.INVALID) else None,
             stats=DatasetStats(images=images, rejected=1, total_bytes=images * 100_000, min_side=min_side, max_side=2048, captioned=images),

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from loraforge.models import new_id
+from loraforge.models.dataset import DatasetKind
 from loraforge.models.status import DatasetStatus, JobStatus
 from loraforge.settings import reset_settings
 from tests.integration.api.conftest import Api, job_body
@@ -100,6 +101,8 @@ CASES = [
     Case("dataset id of the wrong shape", 422, "INVALID_INPUT", lambda api: ("POST", "/v1/jobs", {"body": job_body("../../etc")})),
     Case("dataset too small for the preset", 422, "TOO_FEW_IMAGES",
          lambda api: ("POST", "/v1/jobs", {"body": job_body(api.dataset(images=2).id)})),
+    Case("video dataset for an image preset", 422, "DATASET_KIND_MISMATCH",
+         lambda api: ("POST", "/v1/jobs", {"body": job_body(api.dataset(kind=DatasetKind.VIDEO).id)})),
     Case("dataset kind not allowed", 422, "INVALID_INPUT", lambda api: ("POST", "/v1/datasets", {"body": {"name": "a", "kind": "audio"}})),
     Case("dataset name with a slash", 422, "INVALID_INPUT", lambda api: ("POST", "/v1/datasets", {"body": {"name": "a/../b"}})),
     Case("estimate with dataset and image_count", 422, "INVALID_INPUT",

@@ -17,6 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from ..dal.clients import client
 from ..dal.jobs_table import JobsTable
 from ..models.common import new_id, utcnow
+from ..models.dataset import DatasetKind
 from ..models.errors import Conflict, InvalidInput
 from ..models.event import EventType
 from ..models.job import Cost, Job, JobSource, Progress
@@ -27,6 +28,11 @@ from ..settings import get_settings
 from .estimate_job import plan_job, ready_dataset
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+# Which dataset kinds a preset's modality trains on (video models also learn from still images).
+TRAINABLE_KINDS: dict[str, frozenset[DatasetKind]] = {
+    "image": frozenset({DatasetKind.IMAGES}),
+    "video": frozenset({DatasetKind.IMAGES, DatasetKind.VIDEO}),
+}
 # Idempotency records share the jobs table. Their partition key must not look like a job or a
 # dataset (the stream consumers filter on JOB#/DS# META items).
 IDEMPOTENCY_PARTITION = "IDEMPOTENCY#create_job"
@@ -101,6 +107,12 @@ def _idempotent(function: Any, lambda_context: Any) -> Any:
 def _create(*, owner: str, request: CreateJobRequest, source: JobSource, idempotency_input: dict[str, Any] | None = None) -> Job:
     dataset = ready_dataset(owner, request.dataset_id)
     plan = plan_job(request, dataset=dataset)
+    if dataset.kind not in TRAINABLE_KINDS.get(plan.preset.modality, frozenset()):
+        raise InvalidInput(
+            f"preset '{plan.preset.id}' trains on {plan.preset.modality} data; dataset {dataset.id} is a {dataset.kind} dataset",
+            code="DATASET_KIND_MISMATCH",
+            details={"dataset_kind": str(dataset.kind), "preset_modality": plan.preset.modality},
+        )
     if dataset.stats.images < plan.preset.min_images:
         raise InvalidInput(
             f"dataset {dataset.id} has {dataset.stats.images} usable images; preset '{plan.preset.id}' needs at least "
