@@ -86,6 +86,7 @@ def validation_response(exc: RequestValidationError) -> Response:
     if len(params) == 1 and (param := params.pop()) in PARAM_ERRORS:
         code, own_message = PARAM_ERRORS[param]  # type: ignore[index]
         return error_response(422, code, own_message or message, problems)
+    # Powertools' own body parsing reports bad JSON this way; api.body replaces it, this keeps the shape if it ever runs.
     if any(p["type"] == "json_invalid" for p in problems):
         return error_response(400, "INVALID_JSON", "the request body is not valid JSON", problems)
     return error_response(422, "INVALID_INPUT", message, problems)
@@ -112,6 +113,7 @@ def register_error_handlers(app: APIGatewayHttpResolver) -> None:
         logger.info("request refused", extra={"status": response.status_code, "errors": _problems(exc.errors())[:5]})
         return response
 
+    # Only powertools' own body parsing raises this (api.body reads every body as JSON); kept for the shape's sake.
     @app.exception_handler(RequestUnsupportedContentType)
     def _unsupported_content_type(exc: RequestUnsupportedContentType) -> Response:
         return error_response(415, "UNSUPPORTED_MEDIA_TYPE", "send the request body as JSON (Content-Type: application/json)")
