@@ -220,6 +220,7 @@ class JobRun:
         session, uploader = self.session, self.uploader
         if session is None or uploader is None:
             return
+        session.close()
         for path, kind in ((session.log_path, ArtifactKind.LOG), (session.write_metrics(), ArtifactKind.METRICS)):
             if path.is_file() and path.stat().st_size > 0:
                 try:
@@ -248,6 +249,10 @@ class JobRun:
         step = session.last_step if session else 0
         if session is not None and session.process.proc is not None:
             await session.stop("cancel", self.runtime.stop_grace_seconds)
+            try:
+                await asyncio.wait_for(self._upload_logs(), self.runtime.cancel_upload_wait_seconds)
+            except TimeoutError:
+                pass
             await session.wait_uploads(self.runtime.cancel_upload_wait_seconds)
         kept = session.last_checkpoint_step if session else None
         message = f"stopped at step {step} on request" + (f"; the last checkpoint (step {kept}) is kept" if kept else "")
@@ -271,8 +276,10 @@ class JobRun:
                             final=self.final, artifacts=artifacts, timings=self.timings, error=error)
 
     def _cleanup(self) -> None:
-        if self.session is not None and self.session.process.returncode is None:
-            self.session.process.kill_now()
+        if self.session is not None:
+            if self.session.process.returncode is None:
+                self.session.process.kill_now()
+            self.session.close()
         if self.uploader is not None:
             self.uploader.close()
         if self.workspace is not None and not self.runtime.keep_workspace:

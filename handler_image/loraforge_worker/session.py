@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from loraforge.contract import TrainingSpec, WorkerErrorCode, WorkerEventType
 from loraforge.models.artifact import Artifact, ArtifactKind
@@ -80,6 +81,7 @@ class TrainingSession:
         self._optimizer_step: int | None = None
         self._seen_samples: set[str] = set()
         self._log_bytes = 0
+        self._log_file: TextIO | None = None
         self._started_at = 0.0
 
     # -- running ----------------------------------------------------------------------------------
@@ -88,14 +90,14 @@ class TrainingSession:
         self.staging.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._started_at = self.clock()
+        self._log_file = self.log_path.open("a", encoding="utf-8")
         await self.process.start()
         watchers = [asyncio.create_task(self._watch_samples())]
         if deadline is not None:
             watchers.append(asyncio.create_task(self._watch_deadline(deadline, stop_grace_seconds)))
         try:
-            with self.log_path.open("a", encoding="utf-8") as log_file:
-                async for sig in self.process.signals():
-                    await self._handle(sig, log_file)
+            async for sig in self.process.signals():
+                await self._handle(sig)
             code = await self.process.wait()
         finally:
             for task in watchers:
@@ -103,14 +105,33 @@ class TrainingSession:
         await self._scan_samples()
         return code
 
-    async def stop(self, reason: str, grace_seconds: float) -> None:
+    async def stop(self, reason: str, grace_seconds: float, *, drain: bool = True) -> None:
+        """Stop the engine group, then take in what it printed and saved while stopping (log lines, complete saves).
+
+        `drain=False` when `execute` is still reading the engine's signals itself (the time-limit watchdog).
+        """
         self.stop_reason = reason
         await self.process.stop(grace_seconds)
+        if not drain:
+            return
+        try:
+            await asyncio.wait_for(self._drain(), 5.0)
+        except TimeoutError:
+            pass
+
+    async def _drain(self) -> None:
+        async for sig in self.process.signals():
+            await self._handle(sig)
+
+    def close(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     async def _watch_deadline(self, deadline: float, grace: float) -> None:
         await asyncio.sleep(max(0.0, deadline - self.clock()))
         log.warning("time limit reached at step %s: stopping the engine", self.last_step)
-        await self.stop("timeout", grace)
+        await self.stop("timeout", grace, drain=False)
 
     async def _watch_samples(self) -> None:
         while True:
@@ -130,9 +151,9 @@ class TrainingSession:
             self._upload(path, ArtifactKind.SAMPLE, step, path.name, WorkerEventType.SAMPLE)
 
     # -- signals ----------------------------------------------------------------------------------
-    async def _handle(self, sig: object, log_file: object) -> None:
+    async def _handle(self, sig: object) -> None:
         if isinstance(sig, LogLine):
-            self._write_log(sig.text, log_file)
+            self._write_log(sig.text)
         elif isinstance(sig, Progress):
             if sig.step <= self.last_step:
                 return  # the bar's first draw (step 0 or the resumed step) and redraws of a step already reported
@@ -150,13 +171,13 @@ class TrainingSession:
         elif isinstance(sig, (OomSkipped, EngineError, Stopped)):
             log.info("engine signal: %s", sig)
 
-    def _write_log(self, text: str, log_file: object) -> None:
+    def _write_log(self, text: str) -> None:
         self.tail.append(text)
         data = text + "\n"
-        if self._log_bytes + len(data) <= MAX_LOG_BYTES:
+        if self._log_file is not None and self._log_bytes + len(data) <= MAX_LOG_BYTES:
             self._log_bytes += len(data)
-            log_file.write(data)  # type: ignore[attr-defined]
-            log_file.flush()  # type: ignore[attr-defined]
+            self._log_file.write(data)
+            self._log_file.flush()
 
     async def _on_checkpoint(self, sig: CheckpointSaved) -> None:
         self._optimizer_step = sig.step  # the next `Saved optimizer` line belongs to this save

@@ -105,13 +105,19 @@ class EmulatedJob:
 
 @dataclass
 class WorkerProcess:
+    """A worker the emulator spawned, or an external one (popen None) that registered by polling job-take."""
+
     id: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
+    popen: subprocess.Popen[bytes] | None
+    log_path: Path | None
     started: float = field(default_factory=time.monotonic)
     last_poll: float | None = None
     stop_requests: deque[str] = field(default_factory=deque)
     kill_at: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is None or self.popen.poll() is None
 
 
 @dataclass
@@ -257,11 +263,12 @@ class RunPodEmulator:
         with self._changed:
             self._changed.notify_all()
             workers = list(self.workers.values())
-        for worker in workers:
-            _kill_tree(worker.popen.pid)
-        for worker in workers:
+        spawned = [w.popen for w in workers if w.popen is not None]
+        for popen in spawned:
+            _kill_tree(popen.pid)
+        for popen in spawned:
             try:
-                worker.popen.wait(timeout=10)
+                popen.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
         if self._server is not None:
@@ -283,7 +290,7 @@ class RunPodEmulator:
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                alive = [w for w in self.workers.values() if w.popen.poll() is None]
+                alive = [w for w in self.workers.values() if w.popen is not None and w.alive]
                 if len(alive) >= self.workers_wanted and all(w.last_poll is not None for w in alive):
                     return
                 remaining = deadline - time.monotonic()
@@ -334,6 +341,8 @@ class RunPodEmulator:
                     raise KeyError(f"no worker holds job {job_id!r}")
                 worker_id = job.worker_id
             worker = self.workers[worker_id]
+        if worker.popen is None:
+            raise KeyError(f"worker {worker_id} is external: the emulator did not start it and cannot kill it")
         _kill_tree(worker.popen.pid)
         return worker_id
 
@@ -435,7 +444,9 @@ class RunPodEmulator:
                     elif job.status in TERMINAL and job.finished is not None and now - job.finished > self.result_retention_seconds:
                         del self.jobs[job.id]
                 for worker in list(self.workers.values()):
-                    if worker.kill_at is not None and now >= worker.kill_at and worker.popen.poll() is None:
+                    if worker.popen is None:
+                        continue
+                    if worker.kill_at is not None and now >= worker.kill_at and worker.alive:
                         worker.kill_at = None
                         _kill_tree(worker.popen.pid)
                     code = worker.popen.poll()
@@ -539,7 +550,7 @@ class RunPodEmulator:
     def health(self) -> tuple[int, dict[str, Any]]:
         with self._lock:
             running_workers = {j.worker_id for j in self.jobs.values() if j.status == "IN_PROGRESS"}
-            alive = [w for w in self.workers.values() if w.popen.poll() is None]
+            alive = [w for w in self.workers.values() if w.alive]
             return 200, {
                 "jobs": {"completed": self.counters["completed"], "failed": self.counters["failed"] + self.counters["timed_out"],
                          "inProgress": sum(1 for j in self.jobs.values() if j.status == "IN_PROGRESS"),
@@ -552,13 +563,14 @@ class RunPodEmulator:
         deadline = time.monotonic() + self.long_poll_seconds
         with self._changed:
             worker = self.workers.get(worker_id)
-            if worker is not None and worker.last_poll is None:
+            if worker is None:  # a worker started outside the emulator (e.g. `python handler.py` by hand)
+                worker = self.workers[worker_id] = WorkerProcess(id=worker_id, popen=None, log_path=None)
+            if worker.last_poll is None:
                 worker.last_poll = time.monotonic()
                 self._changed.notify_all()
             while not self._stopping.is_set():
-                if worker is not None:
-                    worker.last_poll = time.monotonic()
-                if self.queue and worker is not None and worker.popen.poll() is None:
+                worker.last_poll = time.monotonic()
+                if self.queue and worker.alive:
                     job = self.jobs[self.queue.popleft()]
                     job.status, job.started, job.worker_id = "IN_PROGRESS", time.monotonic(), worker_id
                     self._changed.notify_all()
