@@ -10,6 +10,7 @@ from loraforge.logic.cancel_job import cancel_job
 from loraforge.logic.retry_job import retry_job
 from loraforge.models import ArtifactKind, Conflict, EventType, JobStatus, NotFound
 from tests.integration.dispatch.helpers import ControlPlane
+from tests.support.fake_runpod import Reply
 
 
 def running_job(plane: ControlPlane, **seed):
@@ -56,6 +57,28 @@ def test_cancel_of_a_running_job_calls_runpod_cancel_once_and_ends_cancelled(pla
     assert plane.job(job.id).status == JobStatus.CANCELLED
     assert plane.table.capacity_holders() == set()
     assert len(plane.runpod.calls_to("cancel")) == 1
+
+
+def test_cancel_while_the_run_outcome_is_unknown_ends_at_once_and_a_late_worker_is_stopped(plane: ControlPlane) -> None:
+    # Given a job whose /run answer was lost (RunPod did take it)
+    job = plane.seed_job()
+    plane.runpod.script("run", Reply(accept_then_hang=True))
+    plane.dispatch(job.id)
+    lost = plane.runpod.only_run_for(job.id)
+    token = plane.job(job.id).dispatch_token
+
+    # When its owner cancels it
+    cancelled = cancel_job(job.owner, job.id, keep_latest=False)
+
+    # Then it is cancelled at once (there is no known run to stop) and its slot is free
+    assert cancelled.status == JobStatus.CANCELLED and plane.table.capacity_holders() == set()
+    assert plane.runpod.calls_to("cancel") == []
+
+    # When the lost run starts later, its worker is told to stop and RunPod to cancel it
+    late = plane.start_worker(job.id, runpod_job_id=lost.id, token=token)
+    assert late.status == 409 and late.body["error"]["code"] == "DUPLICATE_RUN"
+    assert plane.runpod.jobs[lost.id].status == "CANCELLED"
+    assert plane.job(job.id).status == JobStatus.CANCELLED
 
 
 def test_cancel_with_keep_latest_makes_the_newest_checkpoint_the_result(plane: ControlPlane) -> None:
