@@ -8,9 +8,9 @@ DynamoDB calls per request is checked too (every stubbed response consumed, none
 Cold: a fresh process that imports the API function and answers its first request (POST /v1/estimates: a
 validated body, the preset and cost model, no AWS call), median of 5, against a bare powertools
 APIGatewayHttpResolver(enable_validation=True) with one route and a pydantic body doing the same request shape.
-Both run with and without the powertools Logger/Metrics/Tracer decorators every function stacks (code rules),
-since the Tracer alone imports the X-Ray SDK; the target ratio (<= 1.5) is asserted against the baseline with
-the same decorators, i.e. on what the API's own code adds. Each child runs in its own process with its output
+The target ratio (<= 1.5) is asserted against the bare resolver; a bare resolver with powertools' stock
+Logger/Metrics/Tracer decorators is printed for reference (a stock Tracer imports the X-Ray SDK even when tracing
+is off; ours loads it only when a traced Lambda needs it). Each child runs in its own process with its output
 discarded, so log lines do not distort the figures. Runs on 2 shared cores are noisy: compare the ratios.
 """
 
@@ -190,9 +190,10 @@ def test_cold_init_within_one_and_a_half_of_a_bare_powertools_resolver() -> None
             for name, code in programs.items():
                 samples[name].append(_run(code, event))
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    ratio = medians["api"] / medians["bare+decorators"]
+    ratio = medians["api"] / medians["bare"]
     print(f"\ncold init (import + first request, median of {COLD_RUNS}): bare resolver {medians['bare'] * 1000:.0f} ms, "
           f"bare resolver + Logger/Metrics/Tracer {medians['bare+decorators'] * 1000:.0f} ms, api function {medians['api'] * 1000:.0f} ms; "
-          f"ratio api / bare+decorators {ratio:.2f} (target <= {TARGET_RATIO}), api / bare {medians['api'] / medians['bare']:.2f}")
-    # Then the API's own code keeps the cold start within 1.5x of the powertools floor
+          f"ratio api / bare {ratio:.2f} (target <= {TARGET_RATIO}), api / bare+decorators {medians['api'] / medians['bare+decorators']:.2f}")
+    # Then the API function stays within 1.5x of a bare one-route resolver (tracing off: the X-Ray SDK is loaded only
+    # when a traced Lambda needs it, see loraforge/observability.py)
     assert ratio <= TARGET_RATIO

@@ -11,8 +11,7 @@ from pydantic import BaseModel, Field, create_model
 from ..models.base import DomainModel
 from ..models.dataset import Dataset
 from ..models.event import JobEvent
-from ..models.job import Hyperparameters, Job
-from ..models.status import DatasetStatus, JobStatus
+from ..models.job import Job
 
 JOB_ID_PATTERN = r"^job_[0-9a-z]{20}$"
 DATASET_ID_PATTERN = r"^ds_[0-9a-z]{20}$"
@@ -24,13 +23,13 @@ Cursor = Annotated[str | None, Query(max_length=2048, description="next_cursor o
 
 
 # -- the error shape ----------------------------------------------------------------------------------
-class ErrorDetail(BaseModel):
+class ErrorDetail(DomainModel):
     code: str = Field(description="Stable machine-readable code, e.g. DATASET_NOT_READY")
     message: str = Field(description="What went wrong and what to do, for a person")
     details: Any = Field(default=None, description="Structured context: validation problems, bounds, the request id of a 500…")
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(DomainModel):
     error: ErrorDetail
 
 
@@ -57,39 +56,27 @@ def responses(ok: int, *errors: int) -> dict[int, dict[str, Any]]:
 
 
 # -- public views of the domain models ----------------------------------------------------------------
-def _public_view(model: type[BaseModel], sample: Any, name: str) -> type[BaseModel]:
-    """The model restricted to the fields its `public()` returns, so the schema cannot drift from the responses."""
-    shown = set(sample.public())
-    fields: dict[str, Any] = {n: (f.annotation, f) for n, f in model.model_fields.items() if n in shown}
+def _public_view(model: type[Job] | type[Dataset], name: str) -> type[BaseModel]:
+    """The model without its PRIVATE_FIELDS (exactly what `public()` returns), so the schema cannot drift from the responses."""
+    fields: dict[str, Any] = {n: (f.annotation, f) for n, f in model.model_fields.items() if n not in model.PRIVATE_FIELDS}
     return create_model(name, __base__=DomainModel, __doc__=model.__doc__, **fields)
 
 
-_EPOCH = datetime.fromtimestamp(0).astimezone()
-_SAMPLE_HP = Hyperparameters(steps=1, learning_rate=0.1, rank=1, alpha=1, batch_size=1, resolution=64, optimizer="adamw")
-JobView = _public_view(
-    Job,
-    Job(id="job_x", owner="o", status=JobStatus.QUEUED, preset="p", dataset_id="ds_x", hyperparameters=_SAMPLE_HP,
-        created_at=_EPOCH, updated_at=_EPOCH),
-    "Job",
-)
-DatasetView = _public_view(
-    Dataset,
-    Dataset(id="ds_x", owner="o", name="n", status=DatasetStatus.READY, created_at=_EPOCH, updated_at=_EPOCH, archive_key="k"),
-    "Dataset",
-)
+JobView = _public_view(Job, "Job")
+DatasetView = _public_view(Dataset, "Dataset")
 
 
-class JobList(BaseModel):
+class JobList(DomainModel):
     items: list[JobView]  # type: ignore[valid-type]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")
 
 
-class DatasetList(BaseModel):
+class DatasetList(DomainModel):
     items: list[DatasetView]  # type: ignore[valid-type]
     next_cursor: str | None
 
 
-class UploadForm(BaseModel):
+class UploadForm(DomainModel):
     """An S3 presigned POST: send `fields` plus the file (field name `file`, last) as multipart/form-data to `url`."""
 
     url: str
@@ -97,7 +84,7 @@ class UploadForm(BaseModel):
     expires_at: datetime
 
 
-class PresignedLink(BaseModel):
+class PresignedLink(DomainModel):
     url: str
     expires_at: datetime
 
@@ -110,20 +97,20 @@ class DatasetDetail(DatasetView):  # type: ignore[misc,valid-type]
     manifest: PresignedLink | None = Field(default=None, description="The full manifest (every accepted and rejected item), once validated")
 
 
-class EventList(BaseModel):
+class EventList(DomainModel):
     items: list[JobEvent]
     next_cursor: str | None = Field(description="Pass as ?after= for the next page; null when there is nothing more now")
 
 
-class MetricItem(BaseModel):
+class MetricItem(DomainModel):
     step: int
     loss: float | None
     lr: float | None
 
 
-class MetricList(BaseModel):
+class MetricList(DomainModel):
     items: list[MetricItem]
 
 
-class WebhookSecret(BaseModel):
+class WebhookSecret(DomainModel):
     secret: str = Field(description="whsec_…: verify the webhook-signature header of loraforge's job webhooks with it")

@@ -6,14 +6,18 @@ import base64
 import binascii
 import json
 from decimal import Decimal
+from functools import cache
 from typing import Any
-
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from ..models.errors import InvalidInput
 
-_ser = TypeSerializer()
-_deser = TypeDeserializer()
+
+@cache
+def _codecs() -> tuple[Any, Any]:
+    # Importing boto3.dynamodb imports boto3 itself: deferred to the first DynamoDB item (see clients.client).
+    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+    return TypeSerializer(), TypeDeserializer()
 
 
 def _to_dynamo(value: Any) -> Any:
@@ -32,7 +36,7 @@ def _from_dynamo(value: Any) -> Any:
 
 
 def serialize_value(value: Any) -> dict[str, Any]:
-    return _ser.serialize(_to_dynamo(value))
+    return _codecs()[0].serialize(_to_dynamo(value))
 
 
 def serialize(item: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +44,7 @@ def serialize(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def deserialize(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _from_dynamo(_deser.deserialize(v)) for k, v in item.items()}
+    return {k: _from_dynamo(_codecs()[1].deserialize(v)) for k, v in item.items()}
 
 
 def encode_cursor(last_key: dict[str, Any] | None) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, StringConstraints
 
@@ -82,5 +82,7 @@ class Dataset(DomainModel):
     job_id: str | None = Field(default=None, description="The job created by drop-to-train, if any")
     version: int = 0
 
-    def public(self) -> dict:
-        return self.model_dump(mode="json", exclude={"version"})
+    PRIVATE_FIELDS: ClassVar[frozenset[str]] = frozenset({"version"})
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude=set(self.PRIVATE_FIELDS))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import ConfigDict, Field, StringConstraints
 
@@ -170,10 +170,12 @@ class Job(DomainModel):
     auto_retries: int = Field(default=0, description="Automatic retries of system failures used by this job")
     billed_runs: list[str] = Field(default_factory=list, description="RunPod job ids whose cost is included in cost.actual_usd")
 
+    PRIVATE_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "version", "dispatch_attempts", "next_attempt_at", "worker_seq", "endpoint_id", "cancel_requested",
+        "dispatch_token", "dispatched_at", "auto_retries", "billed_runs",
+    })
+    """Control-plane fields the API never shows (the dispatch token would let anyone race the worker's first event)."""
+
     def public(self) -> dict[str, Any]:
         """The resource as the API returns it."""
-        return self.model_dump(
-            mode="json",
-            exclude={"version", "dispatch_attempts", "next_attempt_at", "worker_seq", "endpoint_id", "cancel_requested",
-                     "dispatch_token", "dispatched_at", "auto_retries", "billed_runs"},
-        )
+        return self.model_dump(mode="json", exclude=set(self.PRIVATE_FIELDS))

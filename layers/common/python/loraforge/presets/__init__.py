@@ -6,9 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from ..contract import Engine, TrainingSpec
+from ..models.base import DomainModel
 from ..models.errors import InvalidInput
 from ..models.job import CheckpointOptions, HyperparameterOverrides, Hyperparameters, SampleOptions
 
@@ -16,7 +17,7 @@ PRESETS_FILE = Path(__file__).with_name("presets.yaml")
 BOUNDED_FIELDS = ("steps", "learning_rate", "rank", "alpha", "batch_size", "resolution", "gradient_accumulation")
 
 
-class Bound(BaseModel):
+class Bound(DomainModel):
     model_config = ConfigDict(extra="forbid")
     min: float
     max: float
@@ -28,7 +29,7 @@ class Bound(BaseModel):
         return self
 
 
-class Preset(BaseModel):
+class Preset(DomainModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
@@ -75,7 +76,7 @@ class Preset(BaseModel):
         return self
 
 
-class PresetFile(BaseModel):
+class PresetFile(DomainModel):
     presets: list[Preset]
 
     @model_validator(mode="after")

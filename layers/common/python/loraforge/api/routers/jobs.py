@@ -7,13 +7,13 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.metrics import MetricUnit
-from pydantic import BaseModel
 
 from ...logic.create_job import create_job
 from ...logic.get_job import get_job, list_jobs
 from ...logic.job_artifacts import job_artifacts
 from ...logic.job_events import job_events, job_metrics
 from ...models.artifact import ArtifactKind, ArtifactLink
+from ...models.base import DomainModel
 from ...models.requests import CancelRequest, CreateJobRequest
 from ...models.status import JobStatus
 from ...observability import logger, metrics
@@ -30,7 +30,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-class ArtifactList(BaseModel):
+class ArtifactList(DomainModel):
     items: list[ArtifactLink]
 
 

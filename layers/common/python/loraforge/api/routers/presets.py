@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
-from pydantic import BaseModel
 
 from ...logic.list_presets import PresetInfo, list_presets
+from ...models.base import DomainModel
 from ..auth import JWT_SECURITY, OwnerId
 from ..schemas import responses
 
 router = APIGatewayHttpRouter()
 
 
-class PresetList(BaseModel):
+class PresetList(DomainModel):
     items: list[PresetInfo]
 
 
