@@ -31,6 +31,8 @@ log = logging.getLogger("loraforge_worker.events")
 
 TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=3.0)
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+MIRROR_INTERVAL_SECONDS = 1.0
+"""RunPod's `progress_update` opens a thread and an HTTP session per call: at most one a second."""
 
 Mirror = Callable[[dict[str, Any]], None]
 
@@ -38,11 +40,13 @@ Mirror = Callable[[dict[str, Any]], None]
 class EventSender:
     def __init__(self, job_id: str, attempt: int, callback: Callback | None, *, mirror: Mirror | None = None,
                  attempts: int = 3, retry_delay: float = 0.5, transport: httpx.AsyncBaseTransport | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, mirror_interval: float = MIRROR_INTERVAL_SECONDS) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.callback = callback
         self.mirror = mirror
+        self.mirror_interval = mirror_interval
+        self._last_mirror_at: float | None = None
         self.attempts = attempts
         self.retry_delay = retry_delay
         self.interval = callback.min_interval_seconds if callback else 0.0
@@ -93,7 +97,9 @@ class EventSender:
         self._pending_progress, self._metrics = None, []
         self._last_progress_at = self._clock()
         event = self._next(WorkerEventType.PROGRESS, data)
-        if self.mirror is not None:
+        now = self._clock()
+        if self.mirror is not None and (self._last_mirror_at is None or now - self._last_mirror_at >= self.mirror_interval):
+            self._last_mirror_at = now
             try:
                 self.mirror({"seq": event.seq, "type": "progress", **{k: v for k, v in data.items() if k != "metrics"}})
             except Exception:  # noqa: BLE001 - the mirror is a convenience; never let it break training

@@ -13,6 +13,7 @@ Behaviour knobs (environment):
   FAKE_AITK_STEP_SECONDS  sleep per step (default 0.01); >= 1 prints the rate as s/it
   FAKE_AITK_ASCII         1: `#` bar blocks (a non-UTF-8 stream)
   FAKE_AITK_CRASH_AT      step at which `crash` mode fails (default: half way)
+  FAKE_AITK_LORA_BYTES    tensor bytes in each LoRA file (default 16), for realistic upload sizes in benchmarks
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import yaml
 
 
 def write_safetensors(path: Path, step: int, epoch: int = 0) -> None:
-    """A minimal valid safetensors file (one F32 tensor) carrying AI-Toolkit's `training_info` metadata."""
-    data = struct.pack("<4f", 0.1 * step, 0.2, 0.3, 0.4)
+    """A valid safetensors file (one F32 tensor) carrying AI-Toolkit's `training_info` metadata."""
+    floats = max(4, int(os.environ.get("FAKE_AITK_LORA_BYTES", "16")) // 4)
+    data = struct.pack("<4f", 0.1 * step, 0.2, 0.3, 0.4) + os.urandom(4 * (floats - 4))
     header = {
         "__metadata__": {"training_info": json.dumps({"step": step, "epoch": epoch}), "software": json.dumps({"name": "ai-toolkit"})},
-        "lora_unet_down_blocks_0.lora_down.weight": {"dtype": "F32", "shape": [4], "data_offsets": [0, len(data)]},
+        "lora_unet_down_blocks_0.lora_down.weight": {"dtype": "F32", "shape": [floats], "data_offsets": [0, len(data)]},
     }
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)

@@ -35,8 +35,9 @@ DEFAULT_TINY_MODEL: dict[str, Any] = {
     "text_max_position_embeddings": 16,
 }
 
-# Whole-word tokens of the hand-built vocabulary. Any other word still tokenizes (one token per
-# byte-level character), so the vocabulary only decides how compactly captions are encoded.
+# Words that get BPE merge chains in the hand-built vocabulary (a more compact encoding of common caption
+# words). Any other text still tokenizes, one byte-level symbol at a time: the vocabulary only decides how
+# compactly captions are encoded, never whether they can be.
 VOCAB_WORDS = (
     "a an the of in on at with and or to by for from photo picture image portrait painting drawing render "
     "style close up closeup full body face person man woman boy girl child dog cat bird car house tree "

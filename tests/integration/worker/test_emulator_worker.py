@@ -240,6 +240,11 @@ def test_cancel_while_training_stops_the_engine_group_and_keeps_the_last_complet
     run_id = submit(client, inp.model_dump(mode="json"))
     pgid = engine_pgid("job_cancel")
     receiver.wait_for(lambda evs: sum(e["type"] == "checkpoint" for e in evs) >= 2, job_id="job_cancel", timeout=120)
+    # (while it runs, RunPod's /status shows the progress the worker mirrors with progress_update)
+    deadline = time.monotonic() + 10
+    while "output" not in (running := client.get(f"/status/{run_id}").json()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running["status"] == "IN_PROGRESS" and running["output"]["total_steps"] == 1000 and running["output"]["step"] >= 1
 
     # When the job is cancelled through the endpoint API
     cancelled_at = time.monotonic()
