@@ -146,10 +146,12 @@ class JobRun:
             raise WorkerFailure(WorkerErrorCode.INVALID_INPUT, f"cannot build the engine config: {exc}") from exc
         self.timings.prepare = round(time.monotonic() - started, 3)
 
+        deadline = self.t0 + inp.time_limit_seconds - self.runtime.time_limit_reserve(inp.time_limit_seconds)
+        if time.monotonic() >= deadline:
+            raise WorkerFailure(WorkerErrorCode.TIMEOUT, f"the time limit ({inp.time_limit_seconds} s) ran out before training started")
         self.session = session = TrainingSession(inp.spec, layout, run, self.uploader, events, attempt=inp.attempt,
                                                  sample_poll_seconds=self.runtime.sample_poll_seconds)
-        session._upload(run.config_path, ArtifactKind.CONFIG, 0, f"config-a{inp.attempt}{run.config_path.suffix}", None)
-        deadline = self.t0 + inp.time_limit_seconds - self.runtime.time_limit_reserve(inp.time_limit_seconds)
+        session.upload_later(run.config_path, ArtifactKind.CONFIG, 0, f"config-a{inp.attempt}{run.config_path.suffix}", None)
         started = time.monotonic()
         code = await session.execute(deadline, self.runtime.stop_grace_seconds)
         self.timings.train = round(time.monotonic() - started, 3)

@@ -148,7 +148,7 @@ class TrainingSession:
             self._seen_samples.add(path.name)
             match = SAMPLE_STEP.search(path.name)
             step = int(match.group(1)) if match else self.last_step
-            self._upload(path, ArtifactKind.SAMPLE, step, path.name, WorkerEventType.SAMPLE)
+            self.upload_later(path, ArtifactKind.SAMPLE, step, path.name, WorkerEventType.SAMPLE)
 
     # -- signals ----------------------------------------------------------------------------------
     async def _handle(self, sig: object) -> None:
@@ -191,7 +191,7 @@ class TrainingSession:
                 os.link(path, staged)
             except OSError:
                 await asyncio.to_thread(shutil.copyfile, path, staged)
-            self._upload(staged, ArtifactKind.CHECKPOINT, sig.step, path.name, WorkerEventType.CHECKPOINT, remove_after=True)
+            self.upload_later(staged, ArtifactKind.CHECKPOINT, sig.step, path.name, WorkerEventType.CHECKPOINT, remove_after=True)
 
     async def _on_optimizer(self, sig: OptimizerSaved) -> None:
         step, self._optimizer_step = self._optimizer_step, None
@@ -204,10 +204,10 @@ class TrainingSession:
         except OSError as exc:
             log.warning("could not copy %s: %s", sig.path, exc)
             return
-        self._upload(staged, ArtifactKind.OPTIMIZER, step, name, WorkerEventType.CHECKPOINT, remove_after=True)
+        self.upload_later(staged, ArtifactKind.OPTIMIZER, step, name, WorkerEventType.CHECKPOINT, remove_after=True)
 
     # -- uploads ----------------------------------------------------------------------------------
-    def _upload(self, path: Path, kind: ArtifactKind, step: int, name: str, event: WorkerEventType | None, *,
+    def upload_later(self, path: Path, kind: ArtifactKind, step: int, name: str, event: WorkerEventType | None, *,
                 remove_after: bool = False) -> None:
         task = asyncio.create_task(self._upload_one(path, kind, step, name, event, remove_after))
         self.pending.add(task)
