@@ -23,9 +23,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from loraforge.contract import Engine, Timings, WorkerErrorCode, WorkerEventType, WorkerInput, WorkerResult
+from loraforge.contract import (
+    Engine,
+    Timings,
+    WorkerErrorCode,
+    WorkerEventType,
+    WorkerInput,
+    WorkerResult,
+    format_worker_error,
+    worker_error,
+)
 from loraforge.models.artifact import Artifact, ArtifactKind
-from loraforge.models.errors import ErrorKind, JobError
+from loraforge.models.errors import JobError
 
 from .dataset_prep import prepare_dataset
 from .download import DownloadError, download
@@ -61,7 +70,7 @@ def failure_output(result: WorkerResult) -> dict[str, Any]:
     """What the handler returns for a failed run: RunPod marks the job FAILED on a top-level `error`
     string and still delivers the rest as `output` (its SDK pops `error` from the dict)."""
     assert result.error is not None
-    return {**result.model_dump(mode="json"), "error": f"{result.error.code}: {result.error.message}"}
+    return {**result.model_dump(mode="json"), "error": format_worker_error(result.error)}
 
 
 class JobRun:
@@ -183,9 +192,8 @@ class JobRun:
                 raise WorkerFailure(WorkerErrorCode.DATASET_CHECKSUM_MISMATCH,
                                     f"the downloaded dataset is not the validated one: {exc.message}") from exc
             if exc.reason == "too_large":
-                raise WorkerFailure(WorkerErrorCode.DATASET_UNREADABLE, f"the dataset is too large: {exc.message}", ErrorKind.USER) from exc
-            raise WorkerFailure(WorkerErrorCode.DATASET_UNREADABLE, f"the dataset could not be downloaded: {exc.message}",
-                                ErrorKind.SYSTEM) from exc
+                raise WorkerFailure(WorkerErrorCode.DATASET_UNREADABLE, f"the dataset is too large: {exc.message}") from exc
+            raise WorkerFailure(WorkerErrorCode.DATASET_DOWNLOAD_FAILED, f"the dataset could not be downloaded: {exc.message}") from exc
         return got.path
 
     async def _place_resume(self, layout: RunLayout) -> None:
@@ -201,12 +209,10 @@ class JobRun:
             await asyncio.to_thread(download, resume.checkpoint_url, staged, max_bytes=inp.output.max_bytes,
                                     expected_sha256=resume.checkpoint_sha256)
         except DownloadError as exc:
-            raise WorkerFailure(WorkerErrorCode.INVALID_INPUT, f"the resume checkpoint could not be downloaded: {exc.message}",
-                                ErrorKind.SYSTEM) from exc
+            raise WorkerFailure(WorkerErrorCode.RESUME_FAILED, f"the resume checkpoint could not be downloaded: {exc.message}") from exc
         recorded = training_step(staged)
         if recorded != resume.step:
-            raise WorkerFailure(WorkerErrorCode.INVALID_INPUT,
-                                f"the resume checkpoint records step {recorded}, not {resume.step}", ErrorKind.SYSTEM)
+            raise WorkerFailure(WorkerErrorCode.RESUME_FAILED, f"the resume checkpoint records step {recorded}, not {resume.step}")
         target = layout.checkpoint_path(resume.step)
         for suffix in ("_high_noise", "_low_noise"):
             if resume.checkpoint_name.endswith(f"{suffix}.safetensors"):
@@ -258,7 +264,7 @@ class JobRun:
             await session.wait_uploads(self.runtime.cancel_upload_wait_seconds)
         kept = session.last_checkpoint_step if session else None
         message = f"stopped at step {step} on request" + (f"; the last checkpoint (step {kept}) is kept" if kept else "")
-        result = self._result("cancelled", JobError(code=WorkerErrorCode.CANCELLED.value, message=message, kind=ErrorKind.USER))
+        result = self._result("cancelled", worker_error(WorkerErrorCode.CANCELLED, message))
         if self.events is not None:
             self.events.emit(WorkerEventType.CANCELLED, result.model_dump(mode="json"))
             await self.events.close(self.runtime.event_flush_seconds)

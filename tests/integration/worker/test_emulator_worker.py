@@ -203,8 +203,8 @@ def test_bad_input_fails_with_a_clear_code_and_the_worker_keeps_serving(aws_stac
     cases = {
         "INVALID_INPUT": missing,
         "UNKNOWN_ENGINE": unknown_engine,
-        "DATASET_UNREADABLE": payload("job_403", dataset_url=receiver.base() + "/forbidden.zip"),
-        "DATASET_UNREADABLE ": payload("job_404", dataset_url=storage.presigned_get(f"datasets/{OWNER}/nope/dataset.zip", 600)[0]),
+        "DATASET_DOWNLOAD_FAILED": payload("job_403", dataset_url=receiver.base() + "/forbidden.zip"),
+        "DATASET_DOWNLOAD_FAILED ": payload("job_404", dataset_url=storage.presigned_get(f"datasets/{OWNER}/nope/dataset.zip", 600)[0]),
         "DATASET_CHECKSUM_MISMATCH": payload("job_sha", dataset=type(good)(key=good.key, sha256="0" * 64, size=good.size)),
         "DATASET_UNSAFE": payload("job_evil", dataset=evil),
     }

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field
 
 from .models.artifact import Artifact
 from .models.base import DomainModel
-from .models.errors import JobError
+from .models.errors import ErrorKind, JobError
 from .models.job import CheckpointOptions, Hyperparameters, SampleOptions
 
 CONTRACT_VERSION = 1
@@ -156,8 +156,10 @@ class Timings(DomainModel):
 class WorkerErrorCode(StrEnum):
     INVALID_INPUT = "INVALID_INPUT"
     DATASET_UNREADABLE = "DATASET_UNREADABLE"
+    DATASET_DOWNLOAD_FAILED = "DATASET_DOWNLOAD_FAILED"
     DATASET_CHECKSUM_MISMATCH = "DATASET_CHECKSUM_MISMATCH"
     DATASET_UNSAFE = "DATASET_UNSAFE"
+    RESUME_FAILED = "RESUME_FAILED"
     GPU_OOM = "GPU_OOM"
     ENGINE_CRASHED = "ENGINE_CRASHED"
     ENGINE_INCOMPLETE = "ENGINE_INCOMPLETE"
@@ -166,6 +168,65 @@ class WorkerErrorCode(StrEnum):
     UPLOAD_FAILED = "UPLOAD_FAILED"
     UNKNOWN_ENGINE = "UNKNOWN_ENGINE"
     DUPLICATE_RUN = "DUPLICATE_RUN"
+
+
+ERROR_KINDS: dict[WorkerErrorCode, ErrorKind] = {
+    # The input was at fault (DESIGN §4: never retried automatically).
+    WorkerErrorCode.INVALID_INPUT: ErrorKind.USER,
+    WorkerErrorCode.UNKNOWN_ENGINE: ErrorKind.USER,
+    WorkerErrorCode.DATASET_UNREADABLE: ErrorKind.USER,
+    WorkerErrorCode.DATASET_UNSAFE: ErrorKind.USER,
+    WorkerErrorCode.GPU_OOM: ErrorKind.USER,
+    WorkerErrorCode.CANCELLED: ErrorKind.USER,
+    # Ours or the platform's: an automatic retry may succeed.
+    WorkerErrorCode.DATASET_DOWNLOAD_FAILED: ErrorKind.SYSTEM,  # presigned URL expired, object gone, network
+    # The checksums were computed at ingest: a mismatch means the stored object changed after validation or the
+    # transfer was corrupted, not that the user sent something wrong.
+    WorkerErrorCode.DATASET_CHECKSUM_MISMATCH: ErrorKind.SYSTEM,
+    WorkerErrorCode.RESUME_FAILED: ErrorKind.SYSTEM,  # the stored checkpoint could not be fetched or is not the one recorded
+    WorkerErrorCode.ENGINE_CRASHED: ErrorKind.SYSTEM,
+    WorkerErrorCode.ENGINE_INCOMPLETE: ErrorKind.SYSTEM,
+    WorkerErrorCode.TIMEOUT: ErrorKind.SYSTEM,
+    WorkerErrorCode.UPLOAD_FAILED: ErrorKind.SYSTEM,
+    WorkerErrorCode.DUPLICATE_RUN: ErrorKind.SYSTEM,
+}
+"""THE user-vs-system classification of worker failures: the worker and the control plane both read it.
+
+The kind is a function of the code alone, because RunPod keeps only the `"<CODE>: <message>"` string of a
+FAILED run (its SDK pops `error` from the returned dict): a code whose kind depended on the situation
+would be classified differently by the worker's `failed` event and by RunPod's status.
+"""
+
+MAX_WORKER_ERROR_MESSAGE = 500
+_WORKER_ERROR_CODES = frozenset(c.value for c in WorkerErrorCode)
+
+
+def error_kind(code: str) -> ErrorKind:
+    """The kind of a worker error code; an unknown code (a newer worker, a platform error) is ours: system."""
+    try:
+        return ERROR_KINDS[WorkerErrorCode(code)]
+    except ValueError:
+        return ErrorKind.SYSTEM
+
+
+def worker_error(code: WorkerErrorCode, message: str) -> JobError:
+    return JobError(code=code.value, message=message, kind=ERROR_KINDS[code])
+
+
+def format_worker_error(error: JobError) -> str:
+    """The top-level `error` string of a failed handler result: `"<CODE>: <message>"` (RunPod marks the job FAILED)."""
+    return f"{error.code}: {error.message}"
+
+
+def parse_worker_error(error: object) -> JobError | None:
+    """The JobError of a `"<CODE>: <message>"` string written by `format_worker_error`; None for anything else
+    (a platform error, a crash traceback, a code this contract does not know)."""
+    if not isinstance(error, str) or ": " not in error:
+        return None
+    code, message = error.split(": ", 1)
+    if code not in _WORKER_ERROR_CODES:
+        return None
+    return JobError(code=code, message=message[:MAX_WORKER_ERROR_MESSAGE], kind=error_kind(code))
 
 
 class WorkerResult(DomainModel):

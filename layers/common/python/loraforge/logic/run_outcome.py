@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..contract import WorkerErrorCode, WorkerResult
+from ..contract import WorkerResult, parse_worker_error
 from ..dal import keys
 from ..dal.jobs_table import JobsTable
 from ..models.artifact import Artifact, ArtifactKind
@@ -23,10 +23,6 @@ from .finish_job import Outcome, OutcomeSource, finish_job
 from .job_cost import record_run_cost
 
 MAX_ERROR_MESSAGE = 500
-WORKER_ERROR_CODES = frozenset(c.value for c in WorkerErrorCode)
-# The input was at fault (DESIGN §4: never retried automatically); the worker classifies the same way.
-USER_ERROR_CODES = frozenset(c.value for c in (WorkerErrorCode.INVALID_INPUT, WorkerErrorCode.UNKNOWN_ENGINE, WorkerErrorCode.DATASET_UNREADABLE,
-                                                WorkerErrorCode.DATASET_UNSAFE, WorkerErrorCode.GPU_OOM, WorkerErrorCode.CANCELLED))
 
 
 def own_artifacts(job: Job, artifacts: list[Artifact]) -> list[Artifact]:
@@ -82,17 +78,6 @@ def _runpod_error_message(error: Any) -> str:
     return str(error)[:MAX_ERROR_MESSAGE] if error else "no reason given"
 
 
-def _worker_error(error: Any) -> JobError | None:
-    """The worker fails a run by returning `error: "<CODE>: <message>"` (RunPod's SDK keeps only a string there)."""
-    if not isinstance(error, str) or ": " not in error:
-        return None
-    code, message = error.split(": ", 1)
-    if code not in WORKER_ERROR_CODES:
-        return None
-    kind = ErrorKind.USER if code in USER_ERROR_CODES else ErrorKind.SYSTEM
-    return JobError(code=code, message=message[:MAX_ERROR_MESSAGE], kind=kind)
-
-
 def outcome_from_runpod(table: JobsTable, job: Job, run: RunPodJob, *, source: OutcomeSource) -> Outcome:
     """A terminal RunPod status (COMPLETED, FAILED, CANCELLED, TIMED_OUT) as an Outcome."""
     result: WorkerResult | None = None
@@ -113,7 +98,9 @@ def outcome_from_runpod(table: JobsTable, job: Job, run: RunPodJob, *, source: O
         return Outcome(status="failed", source=source, runpod_job_id=run.id, error=JobError(
             code="RESULT_MISSING", kind=ErrorKind.SYSTEM, message="RunPod reported the run COMPLETED without a result manifest"))
     if run.status == "FAILED":
-        error = (result.error if result is not None else None) or _worker_error(run.error)
+        # The worker fails a run by returning `error: "<CODE>: <message>"`; RunPod's SDK pops it from the output, so the
+        # string is all that is left of the structured error: its code gives the kind (contract.ERROR_KINDS).
+        error = (result.error if result is not None else None) or parse_worker_error(run.error)
         if result is not None and error is not None:
             return outcome_from_result(table, job, result.model_copy(update={"status": "failed", "error": error}), source=source,
                                        runpod_job_id=run.id)
