@@ -1,5 +1,7 @@
 """Signed worker events to the callback URL (DESIGN §7).
 
+- Every event names the RunPod job it comes from (`runpod_job_id`), so the API can tell a refused duplicate
+  run's events from the real run's.
 - Standard Webhooks signature with the per-job secret (`loraforge.signing`), a stable message id
   per event (`<job>.<attempt>.<seq>`) so a retried POST is recognisable as the same event.
 - `seq` starts at 1 and grows by one per event of this attempt; one sender task delivers events in
@@ -38,11 +40,12 @@ Mirror = Callable[[dict[str, Any]], None]
 
 
 class EventSender:
-    def __init__(self, job_id: str, attempt: int, callback: Callback | None, *, mirror: Mirror | None = None,
+    def __init__(self, job_id: str, attempt: int, callback: Callback | None, *, runpod_job_id: str | None = None, mirror: Mirror | None = None,
                  attempts: int = 3, retry_delay: float = 0.5, transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.monotonic, mirror_interval: float = MIRROR_INTERVAL_SECONDS) -> None:
         self.job_id = job_id
         self.attempt = attempt
+        self.runpod_job_id = runpod_job_id
         self.callback = callback
         self.mirror = mirror
         self.mirror_interval = mirror_interval
@@ -66,7 +69,8 @@ class EventSender:
     # -- building events -------------------------------------------------------------------------
     def _next(self, event_type: WorkerEventType, data: dict[str, Any]) -> WorkerEvent:
         self._seq += 1
-        return WorkerEvent(job_id=self.job_id, attempt=self.attempt, seq=self._seq, type=event_type, at=utcnow(), data=data)
+        return WorkerEvent(job_id=self.job_id, attempt=self.attempt, runpod_job_id=self.runpod_job_id, seq=self._seq, type=event_type,
+                           at=utcnow(), data=data)
 
     async def send_started(self, data: dict[str, Any]) -> int | None:
         """Deliver the first event now and return the final HTTP status (None: no callback / unreachable)."""

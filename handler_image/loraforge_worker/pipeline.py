@@ -100,7 +100,7 @@ class JobRun:
             return failure_output(WorkerResult(job_id=job_id, attempt=attempt, status="failed", error=failure.to_job_error()))
         inp = self.input
         mirror = self.runtime.mirror_factory(self.job) if self.runtime.mirror_factory else None
-        self.events = EventSender(inp.job_id, inp.attempt, inp.callback, mirror=mirror)
+        self.events = EventSender(inp.job_id, inp.attempt, inp.callback, runpod_job_id=self.runpod_job_id or None, mirror=mirror)
         self.workspace = self.runtime.work_root / f"{run_name(inp.job_id)}-a{inp.attempt}-{uuid.uuid4().hex[:8]}"
         self.uploader = Uploader(inp.output)
         try:

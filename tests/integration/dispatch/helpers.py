@@ -179,11 +179,15 @@ class ControlPlane:
 
     def worker_event(self, job_id: str, type_: str, seq: int, data: dict[str, Any] | None = None, *, attempt: int | None = None,
                      secret: str | None = None, timestamp: int | None = None, at: datetime | None = None,
-                     tamper: bool = False) -> HookAnswer:
-        """POST a signed worker event; `tamper` changes the body after signing (what an attacker in the middle would do)."""
+                     tamper: bool = False, runpod_job_id: str | None = None) -> HookAnswer:
+        """POST a signed worker event; `tamper` changes the body after signing (what an attacker in the middle would do).
+
+        `runpod_job_id`: the RunPod run the sending worker names on its events (left out: a worker older than the field)."""
         attempt = attempt if attempt is not None else self.job(job_id).attempts
-        body = json.dumps({"job_id": job_id, "attempt": attempt, "seq": seq, "type": type_,
-                           "at": to_jsonable_python(at or utcnow()), "data": data or {}}).encode()
+        fields = {"job_id": job_id, "attempt": attempt, "seq": seq, "type": type_, "at": to_jsonable_python(at or utcnow()), "data": data or {}}
+        if runpod_job_id is not None:
+            fields["runpod_job_id"] = runpod_job_id
+        body = json.dumps(fields).encode()
         headers = signed_headers(secret or job_secret(signing_key(), job_id), f"msg_{job_id}_{attempt}_{seq}", body, timestamp)
         if tamper:
             body = body.replace(b'"seq": ', b'"seq": 1')
@@ -202,7 +206,8 @@ class ControlPlane:
         run_id = runpod_job_id or self.runpod_id(job_id)
         if run_id in self.runpod.jobs:
             self.runpod.start_job(run_id)
-        return self.worker_event(job_id, "started", seq, {"dispatch_token": token or job.dispatch_token, "runpod_job_id": run_id})
+        return self.worker_event(job_id, "started", seq, {"dispatch_token": token or job.dispatch_token, "runpod_job_id": run_id},
+                                 runpod_job_id=run_id)
 
     def finish_on_runpod(self, job_id: str, *, execution_ms: int = 60_000, delay_ms: int = 1_500) -> dict[str, Any]:
         """RunPod completes the job's run with a valid result; returns the webhook body the cloud would send."""

@@ -223,6 +223,32 @@ def test_the_refused_runs_own_failure_report_does_not_touch_the_job(plane: Contr
     assert plane.job(job.id).status == JobStatus.RUNNING
 
 
+def test_events_of_a_refused_duplicate_run_are_told_apart_from_the_real_runs(plane: ControlPlane) -> None:
+    # Given a running job, and a duplicate run of the same dispatch that was refused with 409
+    job = running_job(plane)
+    duplicate = "duplicate-run-u1"
+    assert plane.start_worker(job.id, runpod_job_id=duplicate, seq=1).status == 409
+    stray = plane.checkpoint(job, 40)
+
+    # When the duplicate still reports progress, a checkpoint and a completion (same attempt, same per-job secret)
+    answers = [
+        plane.worker_event(job.id, "progress", 2, {"step": 40, "total_steps": 100, "loss": 0.3}, runpod_job_id=duplicate),
+        plane.worker_event(job.id, "checkpoint", 3, stray.model_dump(mode="json"), runpod_job_id=duplicate),
+        plane.worker_event(job.id, "completed", 4, plane.result(job), runpod_job_id=duplicate),
+    ]
+
+    # Then each is acknowledged (200, so it stops retrying) and ignored: nothing of the job changed
+    assert [(a.status, a.body["status"]) for a in answers] == [(200, "ignored")] * 3
+    stored = plane.job(job.id)
+    assert stored.status == JobStatus.RUNNING and stored.progress.step == 0 and stored.result is None
+    assert plane.table.list_artifacts(job.id) == []
+
+    # And the real run's events, naming the job's recorded run, still apply
+    real = plane.worker_event(job.id, "progress", 2, {"step": 5, "total_steps": 100, "loss": 0.5}, runpod_job_id=job.runpod_job_id)
+    assert real.status == 200 and real.body["status"] == "applied"
+    assert plane.job(job.id).progress.step == 5
+
+
 def test_checkpoints_beyond_keep_are_deleted_from_s3(plane: ControlPlane) -> None:
     # Given a running job that keeps 2 checkpoints
     job = running_job(plane, keep=2)

@@ -99,6 +99,7 @@ def test_successful_run_uploads_checkpoints_samples_final_and_reports_ordered_si
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[0]["type"] == "started"
     assert events[0]["data"] == {"runpod_job_id": "rp-job_ok", "dispatch_token": "tok-job_ok", "worker_id": "test-worker"}
+    assert {e["runpod_job_id"] for e in events} == {"rp-job_ok"}  # every event names its RunPod run
     assert events[-1]["type"] == "completed" and events[-1]["data"]["final"]["key"] == out["final"]["key"]
     progress = [e["data"] for e in events if e["type"] == "progress"]
     assert progress and all(p["total_steps"] == 6 and p["loss"] is not None for p in progress)

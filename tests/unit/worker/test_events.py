@@ -42,8 +42,8 @@ class FakeClock:
 
 def sender(recorder: Recorder, *, interval: float = 0.0, clock: FakeClock | None = None, mirror=None) -> EventSender:
     callback = Callback(url="https://api.example.com/v1/hooks/worker/job_1", secret=SECRET, min_interval_seconds=interval)
-    return EventSender("job_1", 2, callback, mirror=mirror, transport=httpx.MockTransport(recorder), retry_delay=0.0,
-                       clock=clock or FakeClock(), mirror_interval=3.5)
+    return EventSender("job_1", 2, callback, runpod_job_id="rp-1-u1", mirror=mirror, transport=httpx.MockTransport(recorder),
+                       retry_delay=0.0, clock=clock or FakeClock(), mirror_interval=3.5)
 
 
 def test_events_are_signed_numbered_and_delivered_in_order():
@@ -68,6 +68,8 @@ def test_events_are_signed_numbered_and_delivered_in_order():
     assert [b["type"] for b in bodies] == ["started", "progress", "checkpoint", "progress", "completed"]
     assert [r.headers["webhook-id"] for r in recorder.requests] == [f"job_1.2.{n}" for n in range(1, 6)]
     assert all(WorkerEvent.model_validate(b).job_id == "job_1" and b["attempt"] == 2 for b in bodies)
+    # and every event names the RunPod run it comes from, so the API can tell a refused duplicate run's events apart
+    assert {b["runpod_job_id"] for b in bodies} == {"rp-1-u1"}
 
 
 def test_progress_is_throttled_and_the_steps_in_between_ride_along_as_metrics():

@@ -119,6 +119,11 @@ class WorkerEvent(DomainModel):
 
     job_id: str
     attempt: int
+    runpod_job_id: str | None = Field(
+        default=None, max_length=256,
+        description="The RunPod job the sending worker runs (job['id']), on every event: the API ignores events of a run "
+        "other than the job's recorded one (a refused duplicate run may still report). None from workers older than this field.",
+    )
     seq: int = Field(ge=1)
     type: WorkerEventType
     at: datetime

@@ -3,7 +3,8 @@
 Delivery is at least once and may be out of order, so every effect is idempotent:
 - events are keyed by (attempt, seq): a redelivery is recorded once (`dedupe_key`);
 - progress moves only forward (conditional on progress.step); metrics and artifacts are keyed by step/name;
-- an event of an older attempt, or one after the job ended, changes nothing (200 `ignored`);
+- an event of an older attempt, of a RunPod run other than the job's recorded one (`runpod_job_id`: a refused
+  duplicate run may still report), or one after the job ended, changes nothing (200 `ignored`);
 - the first event moves `starting -> running`; the `started` event carries the dispatch token and
   the RunPod job id: one RunPod run per token is accepted, any other gets 409 DUPLICATE_RUN (its
   worker stops before training) and RunPod is asked to cancel it;
@@ -71,6 +72,8 @@ def apply_worker_event(job_id: str, headers: Mapping[str, str], body: bytes) -> 
         return _apply_started(table, job, event)
     if event.attempt != job.attempts:
         return ignored(f"event of attempt {event.attempt}; the job is on attempt {job.attempts}")
+    if event.runpod_job_id and job.runpod_job_id and event.runpod_job_id != job.runpod_job_id:
+        return ignored(f"event of RunPod run {event.runpod_job_id}; the job's run is {job.runpod_job_id}")
     if job.status not in ACTIVE:
         return ignored(f"job is {job.status}")
     if event.type in TERMINAL_EVENTS:
@@ -176,6 +179,8 @@ def _apply_started(table: JobsTable, job: Job, event: WorkerEvent) -> HookReply:
     except ValidationError as exc:
         raise InvalidInput("started event data needs dispatch_token and runpod_job_id", code="INVALID_WORKER_EVENT",
                            details=exc.errors(include_url=False, include_input=False)) from exc
+    if event.runpod_job_id and event.runpod_job_id != started.runpod_job_id:
+        raise InvalidInput("the started event names two different RunPod runs", code="INVALID_WORKER_EVENT")
     if job.runpod_job_id == started.runpod_job_id and event.attempt == job.attempts:
         if job.status == JobStatus.CANCELLING:
             raise Conflict("the job is being cancelled: stop", code="JOB_CANCELLED")
