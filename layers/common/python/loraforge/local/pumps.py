@@ -52,6 +52,7 @@ class Invocation:
     records: int
     failed: bool
     picked_up: float = 0.0  # time.time() the pump read the records that led to this call
+    subjects: tuple[str, ...] = ()  # what the call was about: S3 keys, table item keys (pk), message ids
 
 
 @dataclass
@@ -109,7 +110,8 @@ class Pump(threading.Thread):
     def poll_once(self) -> bool:
         raise NotImplementedError
 
-    def _call(self, function: LocalFunction, event: Any, records: int, picked_up: float) -> tuple[Any, BaseException | None]:
+    def _call(self, function: LocalFunction, event: Any, records: int, picked_up: float,
+              subjects: tuple[str, ...] = ()) -> tuple[Any, BaseException | None]:
         started = time.time()
         perf = time.perf_counter()
         try:
@@ -118,7 +120,8 @@ class Pump(threading.Thread):
             result, error = None, exc
             log.error("%s: %s raised\n%s", self.name, function.spec.logical_id, traceback.format_exc())
         self.history.add(Invocation(function=function.spec.logical_id, source=self.source, started=started,
-                                    duration=time.perf_counter() - perf, records=records, failed=error is not None, picked_up=picked_up))
+                                    duration=time.perf_counter() - perf, records=records, failed=error is not None, picked_up=picked_up,
+                                    subjects=subjects))
         return result, error
 
 
@@ -172,7 +175,8 @@ class EventBridgePump(Pump):
         """Invokes with Lambda's async retries; an event failing every try goes to the on-failure destination. True if handled."""
         attempt = 0
         while True:
-            _, error = self._call(self.function, event, 1, picked_up or time.time())
+            key = ((event.get("detail") or {}).get("object") or {}).get("key") if isinstance(event, dict) else None
+            _, error = self._call(self.function, event, 1, picked_up or time.time(), (str(key),) if key else ())
             if error is None:
                 return True
             attempt += 1
@@ -290,7 +294,8 @@ class DynamoStreamPump(Pump):
         attempt = 0
         remaining = list(batch)
         while True:
-            result, error = self._call(self.function, {"Records": remaining}, len(remaining), self._picked_up)
+            subjects = tuple(str(((r["dynamodb"].get("Keys") or {}).get("pk") or {}).get("S", "")) for r in remaining)
+            result, error = self._call(self.function, {"Records": remaining}, len(remaining), self._picked_up, subjects)
             failed_from = 0 if error is not None else self._first_failure(result, remaining)
             if failed_from is None:
                 self.delivered += len(remaining)
@@ -394,7 +399,7 @@ class SqsPump(Pump):
             return False
         picked_up = time.time()
         records = [lambda_sqs_record(m, self.queue_arn, self.region) for m in messages]
-        result, error = self._call(self.function, {"Records": records}, len(records), picked_up)
+        result, error = self._call(self.function, {"Records": records}, len(records), picked_up, tuple(m["MessageId"] for m in messages))
         if error is not None:
             return True  # nothing deleted: every message comes back after the visibility timeout
         failed: set[str] = set()

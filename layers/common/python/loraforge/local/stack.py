@@ -19,6 +19,7 @@ import os
 import shutil
 import threading
 import time
+import urllib.request
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,6 +155,9 @@ class LocalStack:
         self._moto.start()
         host, port = self._moto.get_host_and_port()
         endpoint = f"http://{host}:{port}"
+        # moto keeps its state per process, not per server: a stack started after another in the same process
+        # (tests, benchmarks) starts from empty like a fresh `local up`.
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10).close()
         self._set_env({"AWS_ENDPOINT_URL": endpoint})
         self.timings["moto"] = time.perf_counter() - started
 
@@ -292,14 +296,16 @@ class LocalStack:
 
 
 def _reset_caches() -> None:
-    """Settings, boto3 clients and cached secrets belong to the environment they were read from."""
+    """Settings, boto3 and RunPod clients and cached secrets belong to the environment they were read from."""
     from aws_lambda_powertools.utilities import parameters
 
     from ..dal.clients import reset_clients
+    from ..providers.runpod import reset_runpod_client
     from ..settings import reset_settings
 
     reset_settings()
     reset_clients()
+    reset_runpod_client()
     parameters.clear_caches()
 
 
