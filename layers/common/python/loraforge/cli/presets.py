@@ -70,12 +70,12 @@ def cmd_estimate(args: argparse.Namespace, api: ApiClient) -> int:
     if args.json:
         print_json(estimate)
         return 0
-    print(f"preset      {args.preset}")
+    print(f"{'preset':<22}{args.preset}")
     for key in ("seconds", "cost_usd", "vram_gb", "gpu_class", "gpu_price_per_second"):
         if key in estimate:
-            print(f"{key:<12}{estimate[key]}")
+            print(f"{key:<22}{estimate[key]}")
     for warning in estimate.get("warnings") or []:
-        print(f"warning     {warning}")
+        print(f"{'warning':<22}{warning}")
     return 0
 
 

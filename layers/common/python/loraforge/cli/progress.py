@@ -63,7 +63,7 @@ def describe_event(event: dict[str, Any]) -> str | None:
         return None
     data = event.get("data") or {}
     details = []
-    for key in ("status", "step", "attempt", "runpod_id", "code", "message"):
+    for key in ("status", "step", "attempt", "runpod_id", "code", "message", "name"):
         if data.get(key) not in (None, ""):
             details.append(f"{key}={data[key]}")
     at = str(event.get("at") or "")[11:19]

@@ -208,16 +208,29 @@ class LocalStack:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        phases: dict[str, float] = {}
+        mark = time.perf_counter()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            phases[name] = round(now - mark, 2)
+            mark = now
+
         for pump in self.pumps:
             pump.stop()
         for pump in self.pumps:
             pump.join(timeout=30)
+        phase("pumps")
         if self._api is not None:
             self._api.stop()
+        phase("api")
         if self.emulator is not None:
             self.emulator.stop()
+        phase("emulator")
         if self._moto is not None:
             self._moto.stop()
+        phase("moto")
         if self.config.write_state and self.info:
             try:
                 if json.loads(self.state_file.read_text()).get("api_url") == self.info.get("api_url"):
@@ -226,6 +239,7 @@ class LocalStack:
                 pass
         self._restore_env()
         _reset_caches()
+        log.info("local stack stopped (seconds per part: %s)", phases)
         if self._logs is not None:
             self._logs.close()
 
