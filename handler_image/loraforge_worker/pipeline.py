@@ -1,8 +1,8 @@
 """The handler pipeline of one RunPod job (DESIGN §7).
 
 validate input → `started` event (409 = duplicate run: stop) → download (streamed, bounded,
-sha256) → safe extract + captions → engine config → engine subprocess with events and uploads
-→ verify the final file → upload final, config, log, metrics → a small result manifest.
+sha256) with the dataset's manifest → safe extract of the manifest's accepted items + captions → engine
+config → engine subprocess with events and uploads → verify the final file → upload final, config, log, metrics → a small result manifest.
 
 Every failure becomes a `WorkerResult` with a classified error, so the worker process goes on
 serving the next job. A cancel (RunPod cancels the handler task) stops the engine group (SIGINT,
@@ -34,10 +34,11 @@ from loraforge.contract import (
     worker_error,
 )
 from loraforge.models.artifact import Artifact, ArtifactKind
+from loraforge.models.dataset import DatasetManifest
 from loraforge.models.errors import JobError
 
-from .dataset_prep import prepare_dataset
-from .download import DownloadError, download
+from .dataset_prep import MAX_MANIFEST_BYTES, load_manifest, prepare_dataset
+from .download import Downloaded, DownloadError, download
 from .engines import UnknownEngine, get_engine
 from .engines.base import RunLayout, run_name
 from .errors import WorkerFailure
@@ -139,12 +140,13 @@ class JobRun:
 
         started = time.monotonic()
         archive = await self._download_dataset(layout)
+        manifest = await self._download_manifest(layout, archive)
         self.timings.download = round(time.monotonic() - started, 3)
 
         started = time.monotonic()
-        prepared = await asyncio.to_thread(prepare_dataset, archive, layout.root, layout.dataset_dir, inp.spec,
-                                           max_archive_bytes=inp.dataset.max_bytes)
-        archive.unlink(missing_ok=True)
+        prepared = await asyncio.to_thread(prepare_dataset, archive.path, layout.root, layout.dataset_dir, inp.spec,
+                                           max_archive_bytes=inp.dataset.max_bytes, manifest=manifest)
+        archive.path.unlink(missing_ok=True)
         if prepared.skipped:
             events.emit(WorkerEventType.LOG, {"lines": [f"skipped {s}" for s in prepared.skipped[:50]]})
         if inp.resume is not None:
@@ -180,7 +182,7 @@ class JobRun:
         self.timings.upload = round(time.monotonic() - started, 3)
         return self._result("completed")
 
-    async def _download_dataset(self, layout: RunLayout) -> Path:
+    async def _download_dataset(self, layout: RunLayout) -> Downloaded:
         inp = self.input
         assert inp is not None
         target = layout.root / "dataset.zip"
@@ -194,7 +196,26 @@ class JobRun:
             if exc.reason == "too_large":
                 raise WorkerFailure(WorkerErrorCode.DATASET_UNREADABLE, f"the dataset is too large: {exc.message}") from exc
             raise WorkerFailure(WorkerErrorCode.DATASET_DOWNLOAD_FAILED, f"the dataset could not be downloaded: {exc.message}") from exc
-        return got.path
+        return got
+
+    async def _download_manifest(self, layout: RunLayout, archive: Downloaded) -> DatasetManifest | None:
+        """The dataset's manifest (what ingest accepted), when the input names one; it must describe this very archive."""
+        inp = self.input
+        assert inp is not None
+        if inp.dataset.manifest_url is None:
+            return None
+        target = layout.root / "manifest.json"
+        try:
+            await asyncio.to_thread(download, inp.dataset.manifest_url, target, max_bytes=MAX_MANIFEST_BYTES)
+        except DownloadError as exc:
+            raise WorkerFailure(WorkerErrorCode.DATASET_DOWNLOAD_FAILED, f"the dataset manifest could not be downloaded: {exc.message}") from exc
+        manifest = load_manifest(target)
+        target.unlink(missing_ok=True)
+        if manifest.archive_sha256 is not None and manifest.archive_sha256.lower() != archive.sha256:
+            raise WorkerFailure(WorkerErrorCode.DATASET_CHECKSUM_MISMATCH,
+                                f"the downloaded dataset (sha256 {archive.sha256[:12]}…) is not the archive its manifest describes "
+                                f"(sha256 {manifest.archive_sha256[:12]}…): it changed after validation")
+        return manifest
 
     async def _place_resume(self, layout: RunLayout) -> None:
         """Put the stored checkpoint (and optimizer state) where the engine's resume logic finds it."""

@@ -29,6 +29,7 @@ from loraforge.dal.clients import client
 from loraforge.dal.jobs_table import JobsTable, job_pk
 from loraforge.dal.storage import Storage
 from loraforge.models import Artifact, ArtifactKind, Dataset, DatasetStatus, Job, JobStatus, Progress, new_id, utcnow
+from loraforge.models.dataset import DatasetManifest, ManifestItem
 from loraforge.models.job import CheckpointOptions, Cost
 from loraforge.presets import get_preset, resolve_hyperparameters
 from loraforge.presets.cost_model import estimate
@@ -74,10 +75,15 @@ class ControlPlane:
     # -- seeding ----------------------------------------------------------------------------------
     def seed_dataset(self, owner: str = "user-a") -> Dataset:
         ds_id, now = new_id("ds"), utcnow()
+        manifest_key = keys.dataset_manifest_key(owner, ds_id)
         dataset = Dataset(id=ds_id, owner=owner, name="chars", status=DatasetStatus.READY, created_at=now, updated_at=now,
-                          archive_key=keys.dataset_archive_key(owner, ds_id), archive_sha256=sha(ds_id), archive_size=1234)
+                          archive_key=keys.dataset_archive_key(owner, ds_id), manifest_key=manifest_key, archive_sha256=sha(ds_id),
+                          archive_size=1234)
         self.table.create_dataset(dataset)
         Storage().put_bytes(dataset.archive_key, b"PK\x05\x06" + b"\0" * 18)
+        manifest = DatasetManifest(dataset_id=ds_id, archive_key=dataset.archive_key, archive_sha256=dataset.archive_sha256, archive_size=1234,
+                                   accepted=[ManifestItem(key="chars/a.png", size=1000, sha256=sha("a"), width=512, height=512, caption="ohwx")])
+        Storage().put_json(manifest_key, manifest.model_dump(mode="json"))
         return dataset
 
     def seed_job(self, owner: str = "user-a", *, dataset: Dataset | None = None, preset: str = "tiny-sd",

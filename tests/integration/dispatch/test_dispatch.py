@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import httpx
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
@@ -12,6 +13,7 @@ from functions.dispatch import app as dispatch_app
 from loraforge.contract import Engine
 from loraforge.dal import keys
 from loraforge.models import EventType, JobStatus, utcnow
+from loraforge.models.dataset import DatasetManifest
 from loraforge.presets.cost_model import execution_timeout_seconds
 from loraforge.secrets_store import signing_key
 from loraforge.signing import job_secret, runpod_hook_token
@@ -42,6 +44,12 @@ def test_queued_job_starts_on_runpod_with_the_contract_input(plane: ControlPlane
     assert worker_input.dispatch_token == stored.dispatch_token
     assert worker_input.spec.hyperparameters == job.hyperparameters
     assert keys.dataset_archive_key(job.owner, job.dataset_id) in worker_input.dataset.url
+    # and a working presigned GET of the dataset's manifest (what ingest accepted: the worker trains on exactly that)
+    assert worker_input.dataset.manifest_url is not None
+    fetched = httpx.get(worker_input.dataset.manifest_url, timeout=10)
+    assert fetched.status_code == 200
+    manifest = DatasetManifest.model_validate_json(fetched.content)
+    assert manifest.dataset_id == job.dataset_id and [item.key for item in manifest.accepted] == ["chars/a.png"]
     assert worker_input.output.prefix == keys.job_prefix(job.owner, job.id)
     assert worker_input.callback is not None
     assert worker_input.callback.url == f"{PUBLIC_API_URL}/v1/hooks/worker/{job.id}"

@@ -21,6 +21,10 @@ from standardwebhooks.webhooks import Webhook
 from loraforge.contract import Callback, DatasetSource, Engine, OutputTarget, ResumeFrom, TrainingSpec, WorkerInput
 from loraforge.dal import keys
 from loraforge.dal.storage import Storage
+from loraforge.datasets.archive import SafeArchive
+from loraforge.datasets.rules import rules_for_preset
+from loraforge.datasets.validate import validate_archive
+from loraforge.models.dataset import DatasetManifest
 from loraforge.presets import build_training_spec, get_preset, resolve_hyperparameters
 
 REPO = Path(__file__).resolve().parents[3]
@@ -57,6 +61,33 @@ def dataset_zip(count: int = 8, size: int = 64, *, folder: str = "mychar/", capt
     return out.getvalue()
 
 
+def mixed_dataset_zip() -> bytes:
+    """Four good images (set/a.png, b.png, c.png, d.jpg), plus what ingest rejects one by one: a duplicate, an image below
+    tiny-sd's min_side (32 px) and an image whose caption is not UTF-8 (ingest leaves the pair out). a.txt needs normalising."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in {
+            "set/a.png": image_bytes(0), "set/a.txt": "\ufeffa photo of  [trigger]\r\n smiling ".encode(),
+            "set/b.png": image_bytes(1),
+            "set/c.png": image_bytes(2), "set/c.txt": b"ohwx in the rain",
+            "set/d.jpg": image_bytes(3, fmt="JPEG"), "set/d.txt": b"a red square",
+            "set/copy_of_a.png": image_bytes(0),
+            "set/tiny.png": image_bytes(1, size=16), "set/tiny.txt": b"too small",
+            "set/latin1.png": image_bytes(2, size=48), "set/latin1.txt": "caf\xe9".encode("latin-1"),
+        }.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def ingest_manifest(zip_path: Path, preset: str = "tiny-sd", *, archive_sha256: str | None = None) -> DatasetManifest:
+    """The manifest ingest writes for this archive (the ingest's own validator, the preset's rules)."""
+    with SafeArchive.open(zip_path) as archive:
+        report = validate_archive(archive, rules_for_preset(preset))
+    assert report.ok, report.errors
+    return report.manifest(dataset_id="ds_test", archive_key="datasets/u/ds_test/dataset.zip", archive_sha256=archive_sha256,
+                           archive_size=zip_path.stat().st_size)
+
+
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
@@ -91,12 +122,13 @@ def put_dataset(storage: Storage, owner: str, dataset_id: str, data: bytes) -> S
 
 def worker_input(storage: Storage, *, job_id: str, owner: str, engine: Engine, spec: TrainingSpec, dataset: StoredDataset,
                  callback_url: str | None, secret: str, attempt: int = 1, resume: ResumeFrom | None = None,
-                 time_limit_seconds: int = 600, dataset_url: str | None = None, min_interval_seconds: float = 0.0) -> WorkerInput:
+                 time_limit_seconds: int = 600, dataset_url: str | None = None, min_interval_seconds: float = 0.0,
+                 manifest_url: str | None = None) -> WorkerInput:
     url = dataset_url or storage.presigned_get(dataset.key, 3600)[0]
     post = storage.job_output_post(owner, job_id, 3600)
     return WorkerInput(
         job_id=job_id, attempt=attempt, dispatch_token=f"tok-{job_id}", engine=engine, spec=spec,
-        dataset=DatasetSource(url=url, sha256=dataset.sha256, size=dataset.size),
+        dataset=DatasetSource(url=url, sha256=dataset.sha256, size=dataset.size, manifest_url=manifest_url),
         output=OutputTarget(url=post["url"], fields=post["fields"], prefix=keys.job_prefix(owner, job_id), max_bytes=512 * 1024**2),
         callback=Callback(url=callback_url, secret=secret, min_interval_seconds=min_interval_seconds) if callback_url else None,
         resume=resume, time_limit_seconds=time_limit_seconds,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from loraforge.contract import Engine, ResumeFrom, WorkerErrorCode
+from loraforge.dal import keys
 from loraforge.dal.storage import Storage
 from loraforge_worker.engines.process import group_alive
 from loraforge_worker.pipeline import handle
@@ -20,9 +21,12 @@ from loraforge_worker.runtime import WorkerRuntime
 from loraforge_worker.safetensors_header import training_step
 from tests.integration.worker.helpers import (
     CallbackReceiver,
+    StoredDataset,
     aitoolkit_spec,
     dataset_zip,
     fake_toolkit_dir,
+    ingest_manifest,
+    mixed_dataset_zip,
     new_secret,
     objects_under,
     put_dataset,
@@ -111,6 +115,58 @@ def test_successful_run_uploads_checkpoints_samples_final_and_reports_ordered_si
     # And no secret or URL went into the engine config that AI-Toolkit echoes to its log
     config_text = read_object(storage, f"{prefix}logs/config-a1.yaml").decode()
     assert receiver.secret not in config_text and "http" not in config_text and "Signature" not in config_text
+
+
+def stored_mixed_dataset(storage: Storage, tmp_path: Path, dataset_id: str, **manifest_changes: object) -> tuple[StoredDataset, str]:
+    """An archive holding files ingest rejected, stored with the manifest ingest wrote for it; returns the manifest's URL."""
+    data = mixed_dataset_zip()
+    dataset = put_dataset(storage, OWNER, dataset_id, data)
+    local = tmp_path / f"{dataset_id}.zip"
+    local.write_bytes(data)
+    manifest = ingest_manifest(local, archive_sha256=dataset.sha256).model_copy(update=manifest_changes)
+    manifest_key = keys.dataset_manifest_key(OWNER, dataset_id)
+    storage.put_json(manifest_key, manifest.model_dump(mode="json"))
+    return dataset, storage.presigned_get(manifest_key, 3600)[0]
+
+
+def test_the_run_trains_on_exactly_what_ingest_accepted(aws_stack, toolkit, receiver, tmp_path):
+    # Given a stored archive with a duplicate, an image below min_side and a pair with a broken caption, and its manifest
+    storage = Storage()
+    dataset, manifest_url = stored_mixed_dataset(storage, tmp_path, "ds_mixed")
+    inp = worker_input(storage, job_id="job_manifest", owner=OWNER, engine=Engine.AI_TOOLKIT, spec=aitoolkit_spec(), dataset=dataset,
+                       callback_url=receiver.url, secret=receiver.secret, manifest_url=manifest_url)
+
+    # When the handler runs it (keeping its workspace, to look at the training folder)
+    out = run("job_manifest", inp, runtime(tmp_path, keep_workspace=True))
+
+    # Then it trained on a folder holding exactly the manifest's accepted items, with their final captions
+    assert out["status"] == "completed", out
+    [folder] = list((tmp_path / "work").glob("*/dataset"))
+    files = sorted(p.name for p in folder.iterdir() if p.suffix in (".png", ".jpg", ".txt"))
+    assert files == ["a.png", "a.txt", "b.png", "b.txt", "c.png", "c.txt", "d.jpg", "d.txt"]
+    captions = {p.stem: p.read_text(encoding="utf-8") for p in folder.glob("*.txt")}
+    assert captions == {"a": "a photo of ohwx smiling", "b": "ohwx", "c": "ohwx in the rain", "d": "ohwx, a red square"}
+    # and the left-out files are reported with ingest's reasons
+    lines = [line for e in receiver.events("job_manifest") if e["type"] == "log" for line in e["data"].get("lines", [])]
+    assert {"skipped set/copy_of_a.png: DUPLICATE_IMAGE", "skipped set/tiny.png: IMAGE_TOO_SMALL",
+            "skipped set/latin1.png: CAPTION_NOT_UTF8"} <= set(lines)
+
+
+def test_an_archive_that_is_not_the_one_its_manifest_describes_is_not_trained(aws_stack, toolkit, receiver, tmp_path):
+    # Given a manifest recorded for another archive (the dataset changed after validation)
+    storage = Storage()
+    dataset, manifest_url = stored_mixed_dataset(storage, tmp_path, "ds_changed", archive_sha256="0" * 64)
+    inp = worker_input(storage, job_id="job_changed", owner=OWNER, engine=Engine.AI_TOOLKIT, spec=aitoolkit_spec(), dataset=dataset,
+                       callback_url=receiver.url, secret=receiver.secret, manifest_url=manifest_url)
+
+    # When the handler runs
+    out = run("job_changed", inp, runtime(tmp_path))
+
+    # Then it fails before training, as a system failure that says why
+    assert out["error"].startswith("DATASET_CHECKSUM_MISMATCH:") and "changed after validation" in out["error"]
+    failed = receiver.events("job_changed")[-1]
+    assert failed["type"] == "failed" and failed["data"]["error"]["kind"] == "system" and out["steps"] == 0
+    assert objects_under(storage, inp.output.prefix) == {}
 
 
 def test_duplicate_run_refused_by_the_api_stops_before_training(aws_stack, toolkit, receiver, tmp_path):

@@ -58,6 +58,12 @@ class DatasetSource(DomainModel):
     sha256: str | None = None
     size: int | None = None
     max_bytes: int = Field(default=2 * 1024**3)
+    manifest_url: str | None = Field(
+        default=None,
+        description="Presigned GET of the dataset's manifest.json (models.DatasetManifest, written by ingest). When given, the "
+        "worker trains on exactly its accepted items (each checked against its sha256) with its captions; without it "
+        "(inputs from before manifests) the worker re-applies the archive and caption rules itself.",
+    )
 
 
 class OutputTarget(DomainModel):

@@ -87,6 +87,8 @@ def build_worker_input(job: Job, dispatch_token: str, policy: RunPolicy, *, tabl
     download_ttl = min(RUNPOD_MAX_TTL_SECONDS, settings.runpod_queue_ttl_seconds + settings.presign_ttl_seconds)
     upload_ttl = min(RUNPOD_MAX_TTL_SECONDS, policy.ttl_seconds + settings.presign_ttl_seconds)
     dataset_url, _ = storage.presigned_get(dataset.archive_key, download_ttl)
+    # The manifest is the one list of what ingest accepted (and each item's caption): the worker trains on exactly that.
+    manifest_url = storage.presigned_get(dataset.manifest_key, download_ttl)[0] if dataset.manifest_key else None
     post = storage.job_output_post(job.owner, job.id, upload_ttl)
     resume = None
     if job.resume_from is not None and job.resume_from.step >= 1:
@@ -103,7 +105,7 @@ def build_worker_input(job: Job, dispatch_token: str, policy: RunPolicy, *, tabl
         spec=build_training_spec(preset, job.hyperparameters, trigger_word=job.trigger_word, samples=job.samples,
                                  checkpoints=job.checkpoints),
         dataset=DatasetSource(url=dataset_url, sha256=dataset.archive_sha256, size=dataset.archive_size,
-                              max_bytes=settings.max_dataset_bytes),
+                              max_bytes=settings.max_dataset_bytes, manifest_url=manifest_url),
         output=OutputTarget(url=post["url"], fields=post["fields"], prefix=keys.job_prefix(job.owner, job.id),
                             max_bytes=settings.max_artifact_bytes),
         callback=Callback(url=worker_callback_url(job.id), secret=job_secret(signing_key(), job.id)),
