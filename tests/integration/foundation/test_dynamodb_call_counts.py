@@ -54,3 +54,10 @@ def test_calls_per_operation(table, dynamodb_calls):
     assert calls_of(dynamodb_calls, lambda: table.transition(running["j"], JobStatus.SUCCEEDED)) == {"TransactWriteItems": 1}
     queued = table.create_job(make_job(1))
     assert calls_of(dynamodb_calls, lambda: table.transition(queued, JobStatus.CANCELLED)) == {"UpdateItem": 1}
+    # a run whose cost is still due: one marker per run, listed from the sparse status index, deleted once settled
+    assert calls_of(dynamodb_calls, lambda: table.put_pending_cost(job.id, "rp-1", "ep-cpu")) == {"PutItem": 1}
+    assert calls_of(dynamodb_calls, lambda: table.put_pending_cost(job.id, "rp-1", "ep-cpu")) == {"PutItem": 1}  # kept, not duplicated
+    assert calls_of(dynamodb_calls, lambda: table.list_pending_costs()) == {"Query": 1}
+    assert [(p.job_id, p.runpod_job_id, p.endpoint_id) for p in table.list_pending_costs().items] == [(job.id, "rp-1", "ep-cpu")]
+    assert calls_of(dynamodb_calls, lambda: table.delete_pending_cost(job.id, "rp-1")) == {"DeleteItem": 1}
+    assert table.list_pending_costs().items == []

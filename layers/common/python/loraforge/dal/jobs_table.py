@@ -9,9 +9,13 @@ Item layout
   dataset   DS#<id>  / META          gsi1: DSOWNER#<owner> / <created_at>#<id>
   capacity  CAP#global / META, CAP#owner#<owner> / META   (`holders`: string set of job ids)
   email sub NOTIFY#<owner> / EMAIL#<address>   (one SNS email subscription per owner and address)
+  cost due  JOB#<id> / COST#<runpod_job_id>  gsi2: STATUS#cost_pending / <created_at>#<id>#<runpod_job_id>   (TTL 1 day)
+            a run that ended without its billing being recorded (its end came from a worker event, reconcile or a
+            cancel, not from RunPod's status): reconcile asks RunPod for its billed time, then deletes the marker
 
 gsi2 keys exist only on non-terminal jobs (sparse), so the queue and active scans never see
-finished work. There is no Scan anywhere: listing is Query with an opaque cursor.
+finished work; the cost markers share the index under their own partition. There is no Scan
+anywhere: listing is Query with an opaque cursor.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from .dynamo import decode_cursor, deserialize, encode_cursor, serialize, serial
 
 META = "META"
 GLOBAL_CAPACITY = "CAP#global"
+PENDING_COST_INDEX_PK = "STATUS#cost_pending"
+PENDING_COST_TTL_SECONDS = 24 * 3600
 _KEY_ATTRS = {"pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "entity", "expires_at", "event_seq"}
 MAX_PAGE = 100
 
@@ -67,6 +73,20 @@ def owner_capacity_pk(owner: str) -> str:
 class Page:
     items: list[Any]
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class PendingCost:
+    """A finished RunPod run whose billed time is not in its job's cost yet."""
+
+    job_id: str
+    runpod_job_id: str
+    endpoint_id: str
+    created_at: datetime
+
+
+def _pending_cost_key(job_id: str, runpod_job_id: str) -> dict[str, str]:
+    return {"pk": job_pk(job_id), "sk": f"COST#{runpod_job_id}"}
 
 
 def _job_index_keys(job: Job) -> dict[str, Any]:
@@ -444,6 +464,44 @@ class JobsTable:
         item = {"pk": f"NOTIFY#{owner}", "sk": f"EMAIL#{email}", "entity": "email_subscription", "owner": owner,
                 "email": email, "subscription": subscription, "created_at": iso(utcnow())}
         self._ddb.put_item(TableName=self.name, Item=serialize(item))
+
+    # -- runs whose cost is still due ------------------------------------------------------------
+    def put_pending_cost(self, job_id: str, runpod_job_id: str, endpoint_id: str) -> bool:
+        """1 PutItem (conditional: a marker already there keeps its time). False when it was there already."""
+        now = utcnow()
+        created = iso(now)
+        item = {**_pending_cost_key(job_id, runpod_job_id), "entity": "cost_pending",
+                "gsi2pk": PENDING_COST_INDEX_PK, "gsi2sk": f"{created}#{job_id}#{runpod_job_id}",
+                "job_id": job_id, "runpod_job_id": runpod_job_id, "endpoint_id": endpoint_id, "created_at": created,
+                "expires_at": int(now.timestamp()) + PENDING_COST_TTL_SECONDS}
+        try:
+            self._ddb.put_item(TableName=self.name, Item=serialize(item), ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def list_pending_costs(self, *, limit: int = 50, cursor: str | None = None) -> Page:
+        """Oldest first. 1 Query on gsi2 (`STATUS#cost_pending`) per page; items are `PendingCost`."""
+        params: dict[str, Any] = {
+            "TableName": self.name, "IndexName": "gsi2", "KeyConditionExpression": "gsi2pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": PENDING_COST_INDEX_PK}}, "ScanIndexForward": True, "Limit": min(limit, MAX_PAGE),
+        }
+        start = decode_cursor(cursor, expected_keys={"pk", "sk", "gsi2pk", "gsi2sk"}, partition=("gsi2pk", PENDING_COST_INDEX_PK))
+        if start:
+            params["ExclusiveStartKey"] = start
+        resp = self._ddb.query(**params)
+        items = []
+        for raw in resp.get("Items", []):
+            item = deserialize(raw)
+            items.append(PendingCost(job_id=item["job_id"], runpod_job_id=item["runpod_job_id"], endpoint_id=item["endpoint_id"],
+                                     created_at=datetime.fromisoformat(item["created_at"])))
+        return Page(items=items, next_cursor=encode_cursor(resp.get("LastEvaluatedKey")))
+
+    def delete_pending_cost(self, job_id: str, runpod_job_id: str) -> None:
+        """1 DeleteItem; idempotent."""
+        self._ddb.delete_item(TableName=self.name, Key=serialize(_pending_cost_key(job_id, runpod_job_id)))
 
     # -- capacity --------------------------------------------------------------------------------
     def capacity_holders(self, owner: str | None = None) -> set[str]:

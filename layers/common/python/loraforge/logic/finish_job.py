@@ -107,6 +107,7 @@ def finish_job(table: JobsTable, job: Job, outcome: Outcome, *, start_next: bool
             logger.info("outcome of another run ignored", extra={"job_id": job.id, "runpod_job_id": outcome.runpod_job_id})
             return None
         target, changes, event_type, event_data = _plan(table, job, outcome)
+        _remember_unbilled_run(table, job)
         try:
             updated = table.transition(job, target, **changes)
         except InvalidTransition:
@@ -123,6 +124,17 @@ def finish_job(table: JobsTable, job: Job, outcome: Outcome, *, start_next: bool
         return updated
     logger.warning("gave up applying an outcome after repeated races", extra={"job_id": job.id})
     return None
+
+
+def _remember_unbilled_run(table: JobsTable, job: Job) -> None:
+    """The run ends here without its billing recorded (a worker event, reconcile or a cancel ended it, not RunPod's status):
+    leave a marker so reconcile asks RunPod for the billed time even if RunPod's webhook never arrives, and also for a
+    run the job leaves behind on an automatic retry (the webhook of a run that is no longer the job's is ignored).
+
+    Written before the transition: a crash in between leaves a marker reconcile settles, never a run nobody bills.
+    """
+    if job.runpod_job_id and job.endpoint_id and job.runpod_job_id not in job.billed_runs:
+        table.put_pending_cost(job.id, job.runpod_job_id, job.endpoint_id)
 
 
 def _start_next(table: JobsTable) -> None:

@@ -9,7 +9,12 @@ Each run, with bounded work:
    in the queue once RunPod's ttl guarantees that run can no longer start; a cancel that RunPod has
    not acted on is sent again;
 2. capacity: a slot held by a job that is not active (a leak) is released;
-3. queued jobs whose next attempt is due are dispatched, oldest first, while slots are free.
+3. queued jobs whose next attempt is due are dispatched, oldest first, while slots are free;
+4. costs still due (at most `max_costs`, oldest first): a run that ended without its billing being recorded
+   (a worker event, reconcile or a cancel ended the job, and RunPod's webhook was lost or ignored) left a
+   marker (`JobsTable.put_pending_cost`); RunPod keeps a finished run 30 minutes, so `GET /status` gives its
+   billed time, which is added to the job's cost by the webhook's own code (`record_run_cost`, once per run),
+   and the marker is deleted. A run RunPod no longer knows is given up (logged, `ReconcileCostsLost`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from ..dal.jobs_table import JobsTable
+from ..dal.jobs_table import JobsTable, PendingCost
 from ..models.common import utcnow
 from ..models.errors import ErrorKind, JobError
 from ..models.event import EventType
@@ -29,6 +34,7 @@ from ..providers.runpod import RunPodClient, RunPodError, RunPodNotFound, get_ru
 from ..settings import get_settings
 from .dispatch import requeue_claimed, start_next_queued, unknown_outcome_deadline
 from .finish_job import Outcome, finish_job
+from .job_cost import gpu_price_per_second, record_run_cost
 from .run_outcome import apply_runpod_status, recorded_final
 
 ACTIVE_STATUSES = (JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CANCELLING)
@@ -38,6 +44,9 @@ NOT_FOUND_GRACE_SECONDS = 120
 CANCEL_RESEND_SECONDS = 120
 # Worst case of one step (a RunPod call with its retries, or one dispatch) with room to record it.
 MIN_SECONDS_PER_STEP = 30.0
+# A cost marker whose run has not ended on RunPod after this long is dropped (RunPod's executionTimeout ends any run
+# well before; the item's TTL is the same backstop).
+MAX_PENDING_COST_AGE = timedelta(hours=24)
 
 
 @dataclass
@@ -50,12 +59,14 @@ class ReconcileReport:
     cancels_resent: int = 0
     leaked_slots_released: int = 0
     dispatched: int = 0
+    costs_recorded: int = 0
+    costs_lost: int = 0
     errors: int = 0
     truncated: bool = False
     actions: list[str] = field(default_factory=list)
 
 
-def reconcile(*, max_jobs: int = 100, max_dispatch: int = 20, table: JobsTable | None = None,
+def reconcile(*, max_jobs: int = 100, max_dispatch: int = 20, max_costs: int = 50, table: JobsTable | None = None,
               client: RunPodClient | None = None, seconds_left: Callable[[], float] | None = None) -> ReconcileReport:
     """`seconds_left` (the Lambda's remaining time) stops the run early rather than be killed half-way through a job."""
     table = table or JobsTable()
@@ -84,8 +95,10 @@ def reconcile(*, max_jobs: int = 100, max_dispatch: int = 20, table: JobsTable |
         if not any(r.outcome == "dispatched" for r in results):
             break
         report.dispatched += 1
+    _settle_pending_costs(table, client, now, report, max_costs, out_of_time)
     for name, value in (("ReconcileFinished", report.finished), ("ReconcileLeakedSlots", report.leaked_slots_released),
-                        ("ReconcileDispatched", report.dispatched), ("ReconcileErrors", report.errors)):
+                        ("ReconcileDispatched", report.dispatched), ("ReconcileCostsRecorded", report.costs_recorded),
+                        ("ReconcileCostsLost", report.costs_lost), ("ReconcileErrors", report.errors)):
         if value:
             metrics.add_metric(name=name, unit="Count", value=value)
     logger.info("reconcile done", extra={"report": report.__dict__})
@@ -182,6 +195,67 @@ def _finish(table: JobsTable, job: Job, outcome: Outcome, report: ReconcileRepor
     if finish_job(table, job, outcome):
         report.finished += 1
         report.actions.append(action)
+
+
+def _settle_pending_costs(table: JobsTable, client: RunPodClient, now: datetime, report: ReconcileReport, budget: int,
+                          out_of_time: Callable[[], bool]) -> None:
+    """At most `budget` markers, oldest first: 1 Query per page of markers, then per marker 1 GetItem, at most one
+    RunPod `GET /status`, 1 UpdateItem when a cost is added and 1 DeleteItem when it is settled."""
+    cursor: str | None = None
+    seen = 0
+    while seen < budget and not out_of_time():
+        page = table.list_pending_costs(limit=budget - seen, cursor=cursor)
+        for pending in page.items:
+            if out_of_time():
+                report.truncated = True
+                return
+            seen += 1
+            try:
+                _settle_pending_cost(table, client, pending, now, report)
+            except Exception:  # noqa: BLE001 - one bad marker must not stop the others; the next run tries again
+                report.errors += 1
+                logger.exception("settling a run's cost failed", extra={"job_id": pending.job_id, "runpod_job_id": pending.runpod_job_id})
+        cursor = page.next_cursor
+        if not cursor or not page.items:
+            return
+
+
+def _settle_pending_cost(table: JobsTable, client: RunPodClient, pending: PendingCost, now: datetime, report: ReconcileReport) -> None:
+    job = table.get_job(pending.job_id)
+    if job is None or pending.runpod_job_id in job.billed_runs:
+        table.delete_pending_cost(pending.job_id, pending.runpod_job_id)  # RunPod's webhook recorded it after all
+        return
+    age = now - pending.created_at
+    try:
+        run = client.status(pending.endpoint_id, pending.runpod_job_id)
+    except RunPodNotFound:
+        if age < timedelta(seconds=NOT_FOUND_GRACE_SECONDS):
+            return
+        _give_up_cost(table, pending, report, "RunPod no longer knows the run (past its 30-minute retention)")
+        return
+    except RunPodError as exc:
+        report.errors += 1
+        logger.warning("RunPod /status failed while settling a cost", extra={"job_id": job.id, "cause": str(exc)})
+        return
+    if not run.is_terminal:
+        if age > MAX_PENDING_COST_AGE:
+            _give_up_cost(table, pending, report, f"the run is still {run.status} a day after the job ended")
+        return  # still uploading or stopping: RunPod bills it when it ends
+    if record_run_cost(table, job, run):
+        report.costs_recorded += 1
+        report.actions.append(f"{job.id}: recorded the cost of run {run.id}")
+    elif run.billed_seconds is not None and gpu_price_per_second(job) is not None:
+        fresh = table.get_job(job.id)
+        if fresh is not None and run.id not in fresh.billed_runs:
+            return  # another cost write raced this one: the next run adds it
+    table.delete_pending_cost(pending.job_id, pending.runpod_job_id)
+
+
+def _give_up_cost(table: JobsTable, pending: PendingCost, report: ReconcileReport, reason: str) -> None:
+    report.costs_lost += 1
+    logger.warning("the cost of a finished run could not be recorded", extra={"job_id": pending.job_id, "runpod_job_id": pending.runpod_job_id,
+                                                                              "reason": reason})
+    table.delete_pending_cost(pending.job_id, pending.runpod_job_id)
 
 
 def _repair_capacity(table: JobsTable, active_ids: set[str], owners: set[str], report: ReconcileReport) -> None:
