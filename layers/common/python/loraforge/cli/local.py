@@ -64,13 +64,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..local.demo import run_demo
 
     try:
-        result = run_demo(Path(args.output), workers=args.workers, state_dir=Path(args.state_dir))
+        # With --json the progress and summary go to stderr and one JSON document to stdout.
+        result = run_demo(Path(args.output), workers=args.workers, state_dir=Path(args.state_dir), out=sys.stderr if args.json else sys.stdout)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         print(f"error: the demo failed: {type(exc).__name__}: {exc} (log: {Path(args.state_dir) / 'logs' / 'stack.log'})", file=sys.stderr)
         return EXIT_ERROR
+    if args.json:
+        print(json.dumps(result.summary(), indent=2, default=str))
     if result.job.get("status") != "succeeded" or result.lora_path is None:
         return EXIT_NOT_SUCCEEDED
     return 0
@@ -92,4 +95,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("-o", "--output", default="loraforge-demo", help="Folder for the dataset, the LoRA and the loss curve")
     demo.add_argument("--workers", type=int, default=1)
     demo.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    demo.add_argument("--json", action="store_true", help="Print the summary as JSON on stdout (progress goes to stderr)")
     demo.set_defaults(func=cmd_demo)

@@ -36,6 +36,16 @@ class DemoResult:
     notification: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, Any]:
+        progress = self.job.get("progress") or {}
+        return {
+            "job_id": self.job.get("id"), "status": self.job.get("status"), "preset": self.job.get("preset"),
+            "steps": progress.get("step"), "total_steps": progress.get("total_steps"), "final_loss": progress.get("loss"),
+            "lora": str(self.lora_path) if self.lora_path else None, "loss_curve": str(self.loss_curve) if self.loss_curve else None,
+            "artifact_keys": [a.get("key") for a in self.job.get("artifacts") or []],
+            "notification_subject": (self.notification or {}).get("subject"), "timings_seconds": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+
 
 def draw_loss_curve(points: list[tuple[int, float]], path: Path, *, title: str = "training loss") -> Path:
     """A plain line chart with Pillow (no matplotlib): loss against step, axes labelled with min/max."""
