@@ -2,7 +2,8 @@
 
 - S3 → EventBridge → ingest: the bucket has EventBridge notifications on (template); a rule on the
   default bus with the ingest function's own pattern targets an SQS capture queue (moto cannot
-  invoke Lambda code), and the pump invokes the ingest handler with each captured event.
+  invoke Lambda code), and the pump invokes the ingest handler with each captured event; a raising
+  invocation is retried per the function's `EventInvokeConfig`, then recorded on its `OnFailure` queue.
 - DynamoDB stream → dispatch, notify: one reader per event source mapping (each keeps its own
   position, as Lambda's do), the template's FilterCriteria applied with moto's EventBridge pattern
   matcher (Lambda filters use the same pattern language), batches of `BatchSize`, partial failures
