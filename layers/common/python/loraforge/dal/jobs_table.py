@@ -155,16 +155,25 @@ class JobsTable:
         self, owner: str, *, limit: int = 20, cursor: str | None = None, status: JobStatus | None = None
     ) -> Page:
         """Newest first. 1 query per page (a status filter may return short pages; keep following the cursor)."""
-        pk = f"OWNER#{owner}"
+        return self._index_page(Job, "gsi1", f"OWNER#{owner}", newest_first=True, limit=limit, cursor=cursor, status=status)
+
+    def list_jobs_by_status(self, status: JobStatus, *, limit: int = 25, cursor: str | None = None) -> Page:
+        """Oldest first (the queue order). Only non-terminal statuses are indexed."""
+        return self._index_page(Job, "gsi2", f"STATUS#{status}", newest_first=False, limit=limit, cursor=cursor)
+
+    def _index_page(self, model: type[Job] | type[Dataset], index: str, pk: str, *, newest_first: bool, limit: int,
+                    cursor: str | None, status: JobStatus | None = None) -> Page:
+        """One Query page of a GSI partition; the cursor must come from the same partition."""
+        pk_attr, sk_attr = f"{index}pk", f"{index}sk"
         params: dict[str, Any] = {
             "TableName": self.name,
-            "IndexName": "gsi1",
-            "KeyConditionExpression": "gsi1pk = :pk",
+            "IndexName": index,
+            "KeyConditionExpression": f"{pk_attr} = :pk",
             "ExpressionAttributeValues": {":pk": {"S": pk}},
-            "ScanIndexForward": False,
+            "ScanIndexForward": not newest_first,
             "Limit": min(limit, MAX_PAGE),
         }
-        start = decode_cursor(cursor, expected_keys={"pk", "sk", "gsi1pk", "gsi1sk"}, partition=("gsi1pk", pk))
+        start = decode_cursor(cursor, expected_keys={"pk", "sk", pk_attr, sk_attr}, partition=(pk_attr, pk))
         if start:
             params["ExclusiveStartKey"] = start
         if status:
@@ -172,25 +181,7 @@ class JobsTable:
             params["ExpressionAttributeNames"] = {"#s": "status"}
             params["ExpressionAttributeValues"][":s"] = {"S": str(status)}
         resp = self._ddb.query(**params)
-        items = [Job.model_validate(_strip(deserialize(i))) for i in resp.get("Items", [])]
-        return Page(items=items, next_cursor=encode_cursor(resp.get("LastEvaluatedKey")))
-
-    def list_jobs_by_status(self, status: JobStatus, *, limit: int = 25, cursor: str | None = None) -> Page:
-        """Oldest first (the queue order). Only non-terminal statuses are indexed."""
-        pk = f"STATUS#{status}"
-        params: dict[str, Any] = {
-            "TableName": self.name,
-            "IndexName": "gsi2",
-            "KeyConditionExpression": "gsi2pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": pk}},
-            "ScanIndexForward": True,
-            "Limit": min(limit, MAX_PAGE),
-        }
-        start = decode_cursor(cursor, expected_keys={"pk", "sk", "gsi2pk", "gsi2sk"}, partition=("gsi2pk", pk))
-        if start:
-            params["ExclusiveStartKey"] = start
-        resp = self._ddb.query(**params)
-        items = [Job.model_validate(_strip(deserialize(i))) for i in resp.get("Items", [])]
+        items = [model.model_validate(_strip(deserialize(i))) for i in resp.get("Items", [])]
         return Page(items=items, next_cursor=encode_cursor(resp.get("LastEvaluatedKey")))
 
     def transition(self, job: Job, target: JobStatus, **changes: Any) -> Job:
@@ -439,17 +430,8 @@ class JobsTable:
         return updated
 
     def list_datasets_by_owner(self, owner: str, *, limit: int = 20, cursor: str | None = None) -> Page:
-        pk = f"DSOWNER#{owner}"
-        params: dict[str, Any] = {
-            "TableName": self.name, "IndexName": "gsi1", "KeyConditionExpression": "gsi1pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": pk}}, "ScanIndexForward": False, "Limit": min(limit, MAX_PAGE),
-        }
-        start = decode_cursor(cursor, expected_keys={"pk", "sk", "gsi1pk", "gsi1sk"}, partition=("gsi1pk", pk))
-        if start:
-            params["ExclusiveStartKey"] = start
-        resp = self._ddb.query(**params)
-        items = [Dataset.model_validate(_strip(deserialize(i))) for i in resp.get("Items", [])]
-        return Page(items=items, next_cursor=encode_cursor(resp.get("LastEvaluatedKey")))
+        """Newest first, 1 query per page (datasets have their own gsi1 partition: job listings never mix them in)."""
+        return self._index_page(Dataset, "gsi1", f"DSOWNER#{owner}", newest_first=True, limit=limit, cursor=cursor)
 
     # -- notification subscriptions -------------------------------------------------------------
     def get_email_subscription(self, owner: str, email: str) -> str | None:
