@@ -19,6 +19,7 @@ benchmarks (`history`).
 
 from __future__ import annotations
 
+import abc
 import base64
 import json
 import logging
@@ -108,8 +109,9 @@ class Pump(threading.Thread):
             if not busy and self.wait(self.poll_interval):
                 return
 
+    @abc.abstractmethod
     def poll_once(self) -> bool:
-        raise NotImplementedError
+        """Deliver what is waiting; True when there was work (the pump then polls again at once)."""
 
     def _call(self, function: LocalFunction, event: Any, records: int, picked_up: float,
               subjects: tuple[str, ...] = ()) -> tuple[Any, BaseException | None]:
