@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-fast lint perf openapi clean
+.PHONY: venv demo test test-fast lint perf openapi presets clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ perf: $(STAMP)
 
 openapi: $(STAMP)
 	$(PY) -m loraforge.api.openapi > openapi.json
+
+# presets.yaml (the commented source) -> presets.json (what the functions read); a test fails when they drift.
+presets: $(STAMP)
+	$(PY) -c "from loraforge.presets import compile_presets; print(compile_presets(), end='')" > layers/common/python/loraforge/presets/presets.json
 
 clean:
 	rm -rf $(VENV) .loraforge .pytest_cache

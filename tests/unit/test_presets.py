@@ -518,3 +518,25 @@ def test_spec_without_trigger_word_drops_the_placeholder() -> None:
     # Then the placeholder is removed, not left in the prompts
     assert spec.samples.prompts == ["a photo of"]
     assert spec.trigger_word is None and spec.default_caption is None
+
+
+def test_the_compiled_presets_match_the_yaml_source():
+    # Given presets.yaml (the commented source) and presets.json (what the functions read)
+    from loraforge.presets import COMPILED_PRESETS_FILE, compile_presets
+
+    # When the source is compiled again / Then it is byte-for-byte the committed JSON (else: run `make presets`)
+    assert COMPILED_PRESETS_FILE.read_text() == compile_presets(), "presets.json is stale: run `make presets` and commit it"
+
+
+def test_the_functions_read_the_same_presets_as_the_yaml_says(tmp_path):
+    # Given the default loader (compiled JSON) and the YAML loaded explicitly
+    from loraforge.presets import PRESETS_FILE
+
+    compiled = load_presets()
+    load_presets.cache_clear()
+    try:
+        from_yaml = load_presets(str(PRESETS_FILE))
+    finally:
+        load_presets.cache_clear()
+    # Then both give identical presets
+    assert compiled == from_yaml
