@@ -57,15 +57,7 @@ class _Silent:
 def cmd_create(args: argparse.Namespace, api: ApiClient) -> int:
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     job = api.post("/v1/jobs", job_body(args), headers=headers)
-    if args.watch:
-        if not args.json:
-            print(f"job {job['id']} created")
-        return watch(api, job["id"], args)
-    if args.json:
-        print_json(job)
-    else:
-        print_job(job)
-    return 0
+    return _show_or_watch(api, job, args, f"job {job['id']} created")
 
 
 @command
@@ -112,9 +104,14 @@ def cmd_cancel(args: argparse.Namespace, api: ApiClient) -> int:
 @command
 def cmd_retry(args: argparse.Namespace, api: ApiClient) -> int:
     job = api.post(f"/v1/jobs/{args.job_id}/retry", {})
+    return _show_or_watch(api, job, args, f"job {job['id']}: attempt {job.get('attempts')} queued")
+
+
+def _show_or_watch(api: ApiClient, job: dict, args: argparse.Namespace, headline: str) -> int:
+    """A job the command just made: follow it with --watch, else print it (JSON with --json)."""
     if args.watch:
         if not args.json:
-            print(f"job {job['id']}: attempt {job.get('attempts')} queued")
+            print(headline)
         return watch(api, job["id"], args)
     if args.json:
         print_json(job)

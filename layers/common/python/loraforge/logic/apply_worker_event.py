@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
 from ..contract import ProgressData, StartedData, WorkerErrorCode, WorkerEvent, WorkerEventType, WorkerResult
@@ -116,12 +117,19 @@ def _mark_running(table: JobsTable, job: Job, at: datetime) -> None:
         pass  # someone else moved it (another event, a cancel, the end of the run): nothing to do
 
 
-def _apply_progress(table: JobsTable, job: Job, event: WorkerEvent) -> None:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse_event_data(model: type[M], event: WorkerEvent, message: str) -> M:
+    """The event's `data` as `model`, or a 422 INVALID_WORKER_EVENT naming what is wrong."""
     try:
-        data = ProgressData.model_validate(event.data)
+        return model.model_validate(event.data)
     except ValidationError as exc:
-        raise InvalidInput("progress event data is invalid", code="INVALID_WORKER_EVENT",
-                           details=exc.errors(include_url=False, include_input=False)) from exc
+        raise InvalidInput(message, code="INVALID_WORKER_EVENT", details=exc.errors(include_url=False, include_input=False)) from exc
+
+
+def _apply_progress(table: JobsTable, job: Job, event: WorkerEvent) -> None:
+    data = _parse_event_data(ProgressData, event, "progress event data is invalid")
     total = data.total_steps or job.progress.total_steps
     progress = Progress(step=data.step, total_steps=total, percent=round(min(100.0, 100.0 * data.step / total), 1) if total else 0.0,
                         loss=data.loss, eta_seconds=data.eta_seconds)
@@ -141,11 +149,7 @@ def _apply_progress(table: JobsTable, job: Job, event: WorkerEvent) -> None:
 
 
 def _apply_artifact(table: JobsTable, job: Job, event: WorkerEvent) -> None:
-    try:
-        artifact = Artifact.model_validate(event.data)
-    except ValidationError as exc:
-        raise InvalidInput(f"{event.type} event data is not an artifact", code="INVALID_WORKER_EVENT",
-                           details=exc.errors(include_url=False, include_input=False)) from exc
+    artifact = _parse_event_data(Artifact, event, f"{event.type} event data is not an artifact")
     if artifact.kind not in ARTIFACT_KINDS[event.type] or not own_artifacts(job, [artifact]):
         raise InvalidInput(f"a {event.type} event cannot record a {artifact.kind} at {artifact.key}", code="INVALID_ARTIFACT")
     table.put_artifact(job.id, artifact)
@@ -155,11 +159,7 @@ def _apply_artifact(table: JobsTable, job: Job, event: WorkerEvent) -> None:
 
 
 def _apply_end(table: JobsTable, job: Job, event: WorkerEvent) -> HookReply:
-    try:
-        result = WorkerResult.model_validate(event.data)
-    except ValidationError as exc:
-        raise InvalidInput(f"{event.type} event data is not a worker result", code="INVALID_WORKER_EVENT",
-                           details=exc.errors(include_url=False, include_input=False)) from exc
+    result = _parse_event_data(WorkerResult, event, f"{event.type} event data is not a worker result")
     if result.error is not None and result.error.code == WorkerErrorCode.DUPLICATE_RUN:
         # A run we refused (409 on its `started`) reporting its own stop: it says nothing about the job's run.
         return ignored("report of a refused duplicate run")
@@ -174,11 +174,7 @@ def _apply_end(table: JobsTable, job: Job, event: WorkerEvent) -> HookReply:
 
 
 def _apply_started(table: JobsTable, job: Job, event: WorkerEvent) -> HookReply:
-    try:
-        started = StartedData.model_validate(event.data)
-    except ValidationError as exc:
-        raise InvalidInput("started event data needs dispatch_token and runpod_job_id", code="INVALID_WORKER_EVENT",
-                           details=exc.errors(include_url=False, include_input=False)) from exc
+    started = _parse_event_data(StartedData, event, "started event data needs dispatch_token and runpod_job_id")
     if event.runpod_job_id and event.runpod_job_id != started.runpod_job_id:
         raise InvalidInput("the started event names two different RunPod runs", code="INVALID_WORKER_EVENT")
     if job.runpod_job_id == started.runpod_job_id and event.attempt == job.attempts:
