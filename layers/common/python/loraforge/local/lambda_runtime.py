@@ -5,6 +5,11 @@ callable (`functions/api/` + `app.lambda_handler` → `functions.api.app.lambda_
 import path the tests use), `Timeout` feeds the context's remaining time, and `Events` drive the
 local event pumps. Handlers are imported lazily, on first use, from the repository that holds the
 template.
+
+A function runs one invocation at a time, as one warm Lambda execution environment does. The local
+API server is threaded and the pumps run beside it, but handler module state is not thread-safe:
+powertools' resolver keeps the current route in app-wide context, so two overlapping requests could
+answer with each other's status code (a 201 route answering 200).
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class LocalFunction:
         self.region = region
         self._handler: Handler | None = None
         self._lock = threading.Lock()
+        self._execution_environment = threading.Lock()
         self.invocations = 0
 
     @property
@@ -144,8 +150,10 @@ class LocalFunction:
                                   memory_limit_in_mb=self.spec.memory, region=self.region)
 
     def invoke(self, event: Any) -> Any:
-        self.invocations += 1
-        return self.handler(event, self.context())
+        handler = self.handler
+        with self._execution_environment:
+            self.invocations += 1
+            return handler(event, self.context())
 
 
 class LocalFunctions:
