@@ -372,7 +372,7 @@ def test_only_the_hooks_and_the_openapi_document_skip_the_jwt_authorizer(transla
         "x-amazon-apigateway-any-method /v1/{proxy+}": [{"JwtAuthorizer": []}],
         "post /v1/hooks/runpod/{job}/{token}": [{"NONE": []}],
         "post /v1/hooks/worker/{job}": [{"NONE": []}],
-        "get /openapi.json": [{"NONE": []}],
+        "x-amazon-apigateway-any-method /openapi.json": [{"NONE": []}],
     }
     jwt = body["components"]["securitySchemes"]["JwtAuthorizer"]["x-amazon-apigateway-authorizer"]
     assert jwt["type"] == "jwt" and jwt["identitySource"] == "$request.header.Authorization"

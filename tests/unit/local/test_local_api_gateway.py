@@ -133,7 +133,7 @@ def test_worker_hook_and_openapi_are_open_but_other_paths_are_not_found(template
 
     # Then the two open routes reach the function and the unknown path gets API Gateway's 404
     assert [worker_status, openapi_status] == [200, 200]
-    assert [e["routeKey"] for e in function.events] == ["POST /v1/hooks/worker/{job}", "GET /openapi.json"]
+    assert [e["routeKey"] for e in function.events] == ["POST /v1/hooks/worker/{job}", "ANY /openapi.json"]
     assert unknown_status == 404 and json.loads(unknown_body) == {"message": "Not Found"}
 
 
