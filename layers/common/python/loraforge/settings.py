@@ -29,23 +29,27 @@ class Settings(BaseModel):
     signing_secret_arn: str | None = None
     runpod_endpoints: dict[str, str] = Field(default_factory=dict, description="GPU class -> RunPod endpoint id")
     gpu_prices: dict[str, float] = Field(default_factory=dict, description="GPU class -> USD per second")
-    global_concurrency: int = Field(default=4, ge=1)
-    owner_concurrency: int = Field(default=2, ge=1)
-    max_dispatch_attempts: int = Field(default=5, ge=1)
-    max_auto_retries: int = Field(default=1, ge=0)
-    worker_silence_seconds: int = Field(default=900, ge=30)
+    # Operational limits. Each is a template parameter of the same bounds and default (tests/template/test_parameters.py
+    # keeps them equal); CloudFormation refuses an out-of-range value at deploy time, before a function could fail to start.
+    global_concurrency: int = Field(default=4, ge=1, description="Most jobs holding a GPU run at once, all owners together")
+    owner_concurrency: int = Field(default=2, ge=1, description="Most jobs holding a GPU run at once for one owner")
+    max_dispatch_attempts: int = Field(default=5, ge=1, le=20, description="/run attempts of one job before RUNPOD_UNAVAILABLE")
+    max_auto_retries: int = Field(default=1, ge=0, le=5, description="Automatic retries (from the last checkpoint) of a system failure")
+    worker_silence_seconds: int = Field(default=900, ge=30, le=24 * 3600, description="A running worker silent this long is stopped (WORKER_SILENT)")
     runpod_max_retries: int = Field(default=4, ge=0, le=10, description="Retries of one RunPod call on 429/5xx/transport errors")
     runpod_backoff_seconds: float = Field(default=0.5, ge=0.0, le=10.0, description="Base of the exponential backoff (full jitter)")
-    runpod_timeout_seconds: float = Field(default=10.0, gt=0, le=60, description="Read/write timeout of one RunPod call (connect: 3 s)")
+    runpod_timeout_seconds: float = Field(default=10.0, ge=0.5, le=60, description="Read/write timeout of one RunPod call (connect: 3 s)")
     runpod_queue_ttl_seconds: int = Field(
         default=3600, ge=60, le=6 * 24 * 3600,
         description="How long a job may wait in RunPod's queue: policy.ttl = executionTimeout + this",
     )
     dispatch_retry_seconds: int = Field(default=30, ge=1, le=3600, description="Base delay before re-dispatching after RunPod refused /run")
-    presign_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
-    upload_ttl_seconds: int = Field(default=900, ge=60, le=3600)
-    max_dataset_bytes: int = Field(default=2 * 1024**3)
-    max_artifact_bytes: int = Field(default=8 * 1024**3)
+    presign_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600, description="Lifetime of download links and the worker's URLs")
+    upload_ttl_seconds: int = Field(default=900, ge=60, le=3600, description="Lifetime of a dataset upload form (presigned POST)")
+    # Ingest streams the archive to its 4 GiB /tmp and may spill one inflated entry (up to 1 GiB) beside it: 2.5 GiB leaves room.
+    max_dataset_bytes: int = Field(default=2 * 1024**3, ge=1_000_000, le=5 * 1024**3 // 2, description="Largest dataset archive (ARCHIVE_TOO_LARGE)")
+    # One presigned POST per file: S3 takes at most 5 GiB in one POST, so a larger limit could never be used.
+    max_artifact_bytes: int = Field(default=5 * 1024**3, ge=1024**2, le=5 * 1024**3, description="Largest single file a worker may upload")
     # Local stack only: lets webhook receivers on loopback through. No API call can set it.
     allow_loopback_webhooks: bool = False
     local_signing_key: str | None = Field(default=None, description="Local stack only: signing key without Secrets Manager")
