@@ -122,7 +122,7 @@ CASES = [
     Case("no token", 401, "UNAUTHORIZED", lambda api: ("GET", "/v1/jobs", {"owner": None})),
     Case("token subject unusable as an owner", 401, "UNAUTHORIZED", lambda api: ("GET", "/v1/jobs", {"owner": "../other-user"})),
     Case("unknown route", 404, "ROUTE_NOT_FOUND", lambda api: ("GET", "/v1/trainings", {})),
-    Case("wrong method", 404, "ROUTE_NOT_FOUND", lambda api: ("DELETE", f"/v1/jobs/{api.job().id}", {})),
+    Case("wrong method", 405, "METHOD_NOT_ALLOWED", lambda api: ("DELETE", f"/v1/jobs/{api.job().id}", {})),
 ]
 
 

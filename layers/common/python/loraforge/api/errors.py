@@ -2,12 +2,15 @@
 
 Registered on the resolver by `register_error_handlers`. Powertools' own answers (its validation
 422 `{"statusCode", "detail"}`, its 404 `{"statusCode", "message"}`) are remapped here, so a client
-parses one shape whatever went wrong.
+parses one shape whatever went wrong. Powertools has no 405: its not-found handler tells a path that
+exists with another method (405 METHOD_NOT_ALLOWED and an `Allow` header, from the route table alone)
+from a path that does not (404 ROUTE_NOT_FOUND).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +34,8 @@ PARAM_ERRORS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("header", "idempotency-key"): ("INVALID_IDEMPOTENCY_KEY", "Idempotency-Key must be 1-255 printable ASCII characters without spaces"),
 }
 MAX_DETAIL_ITEMS = 20
+# A powertools route parameter (<job_id>), shown to clients as OpenAPI writes it ({job_id}).
+_ROUTE_PARAM = re.compile(r"<(\w+)>")
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:
@@ -92,6 +97,30 @@ def validation_response(exc: RequestValidationError) -> Response:
     return error_response(422, "INVALID_INPUT", message, problems)
 
 
+def allowed_methods(app: APIGatewayHttpResolver, path: str) -> tuple[list[str], str | None]:
+    """The methods the resolver's routes accept on `path`, sorted, and the first matching route's path as OpenAPI
+    writes it (/v1/jobs/{job_id}); ([], None) when no route has this path.
+
+    Matched exactly as powertools dispatches (static routes, then dynamic ones, each route's compiled rule), so the
+    list cannot drift from the routes. Only the route table is read: nothing about any owner's resources.
+    """
+    # Powertools keeps its route table in these two lists and offers no public accessor for them.
+    matching = [route for route in app._static_routes + app._dynamic_routes if route.rule.match(path)]
+    if not matching:
+        return [], None
+    return sorted({route.method for route in matching}), _ROUTE_PARAM.sub(r"{\1}", matching[0].path)
+
+
+def method_not_allowed_response(method: str, path_template: str, methods: list[str]) -> Response:
+    accepted = ", ".join(methods)
+    return error_response(
+        405, "METHOD_NOT_ALLOWED",
+        f"{path_template} does not take {method[:16]}: it accepts {accepted} (the routes are listed in GET /openapi.json)",
+        {"method": method[:16], "allowed_methods": methods},
+        headers={"Allow": accepted},
+    )
+
+
 def _request_id(app: APIGatewayHttpResolver) -> str | None:
     context = app.current_event.raw_event.get("requestContext")
     request_id = context.get("requestId") if isinstance(context, dict) else None
@@ -120,7 +149,12 @@ def register_error_handlers(app: APIGatewayHttpResolver) -> None:
 
     @app.not_found
     def _no_route(exc: NotFoundError) -> Response:
+        # Decided before any handler or lookup runs: a 405 says only what the published route table says.
         event = app.current_event
+        methods, path_template = allowed_methods(app, app._remove_prefix(event.path))
+        if path_template is not None:
+            logger.info("request refused", extra={"status": 405, "code": "METHOD_NOT_ALLOWED", "allowed_methods": methods})
+            return method_not_allowed_response(event.http_method.upper(), path_template, methods)
         return error_response(
             404, "ROUTE_NOT_FOUND",
             f"no route {event.http_method} {event.path[:200]}: the routes are listed in GET /openapi.json",

@@ -16,6 +16,7 @@ DESCRIPTION = (
     "Serverless LoRA training. Every route except GET /openapi.json and the RunPod/worker hooks needs "
     "`Authorization: Bearer <JWT>`; the token's `sub` is the owner, and another owner's resource is a 404. "
     "Errors are `{\"error\": {\"code\", \"message\", \"details\"}}`; lists are `{\"items\", \"next_cursor\"}`. "
+    "A method a path does not take is a 405 METHOD_NOT_ALLOWED with an `Allow` header listing the methods it does. "
     "Request bodies are JSON objects of at most 64 KiB."
 )
 
