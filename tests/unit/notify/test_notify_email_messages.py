@@ -48,7 +48,7 @@ def test_a_success_email_has_the_numbers_and_where_the_lora_is():
     # Then subject and body carry name, id, preset, status, duration, steps, loss, cost and the artifact locations
     assert email.subject == "[loraforge] \"portrait set\" succeeded (sdxl, 2000 of 2000 steps)"
     for text in ("job_01jd4q2w8e6r4t2y0u8i", "portrait set", "sdxl", "succeeded (was running)", "57m 30s", "2000 of 2000",
-                 "0.0912", "$0.66", "estimate $0.65",
+                 "0.0912", "$0.66", "Estimate made before launch, for the full run: $0.65",
                  "s3://my-bucket/jobs/user-b/job_01jd4q2w8e6r4t2y0u8i/final/portrait.safetensors",
                  "s3://my-bucket/jobs/user-b/job_01jd4q2w8e6r4t2y0u8i/", "loraforge jobs download job_01jd4q2w8e6r4t2y0u8i"):
         assert text in email.body, text

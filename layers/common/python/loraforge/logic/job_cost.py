@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..dal.jobs_table import JobsTable
 from ..models.job import Cost, Job
 from ..observability import logger
-from ..providers.runpod import RunPodJob
 from ..settings import get_settings
+
+if TYPE_CHECKING:  # the notify function prices its cost statements here; the RunPod client (httpx) stays off its cold path
+    from ..providers.runpod import RunPodJob
 
 
 def gpu_price_per_second(job: Job) -> float | None:

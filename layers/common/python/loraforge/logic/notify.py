@@ -7,6 +7,9 @@ retried batch repeats nothing that already happened:
 
   job INSERT with notify.email     -> subscribe the address to the topic (filter policy: the owner), once per (owner, email)
   job status change                -> EventBridge `Training Job State Change` (every change)
+                                      each channel states the same cost (notifications/cost_statement.py): RunPod's
+                                      billed figure when recorded, else the measured run time or the estimate, labelled
+  job cost recorded later          -> nothing (a MODIFY without a status change; GET /v1/jobs/{id} shows it)
   job running|succeeded|failed|cancelled
                                    -> SNS email (running only with notify.on_running)
                                    -> webhook job.<status> enqueued for delivery when notify.webhook_url is set
@@ -29,6 +32,7 @@ from ..models.artifact import Artifact, ArtifactKind
 from ..models.dataset import Dataset
 from ..models.job import Job
 from ..models.status import DatasetStatus, JobStatus
+from ..notifications.cost_statement import CostStatement, cost_statement
 from ..notifications.email_messages import EmailMessage, dataset_email, job_email
 from ..notifications.eventbridge import (
     DATASET_VALIDATION_RESULT,
@@ -51,6 +55,7 @@ from ..notifications.user_webhooks import (
 )
 from ..observability import logger, metrics
 from ..settings import get_settings
+from .job_cost import gpu_price_per_second
 
 CHECKPOINT_SK_PREFIX = f"ART#{ArtifactKind.CHECKPOINT}#"
 EMAIL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
@@ -133,10 +138,15 @@ def _change_key(kind: str, entity_id: str, version: int, status: str) -> str:
     return f"{kind}#{entity_id}#v{version}#{status}"
 
 
+def job_cost_statement(job: Job) -> CostStatement:
+    """The cost every channel states for this change, priced like `cost.actual_usd` (the GPU class's price parameter)."""
+    return cost_statement(job, gpu_price_per_second(job))
+
+
 def _webhook_action(job: Job, event_type: WebhookEventType, created_at: datetime, *discriminators: str | int,
                     checkpoint: Artifact | None = None) -> EnqueueWebhook:
     event_id = webhook_id(job.id, event_type, *discriminators)
-    body = build_event(event_type, job, event_id=event_id, created_at=created_at, checkpoint=checkpoint)
+    body = build_event(event_type, job, event_id=event_id, created_at=created_at, checkpoint=checkpoint, cost=job_cost_statement(job))
     delivery = WebhookDelivery(webhook_id=event_id, event_type=event_type, job_id=job.id, owner=job.owner,
                                url=job.notify.webhook_url or "", payload=encode_payload(body))
     return EnqueueWebhook(key=f"webhook#{event_id}", delivery=delivery)
@@ -151,11 +161,14 @@ def plan_job_change(job: Job, previous_status: JobStatus | None, *, inserted: bo
     if previous_status == job.status:
         return actions  # progress, cost or other fields changed; not a status change
     change = _change_key("job", job.id, job.version, job.status)
+    # One statement for the email, the webhook and the event: they state the same cost, however sure it is.
+    cost = job_cost_statement(job)
     if job.status in EMAIL_STATUSES or (job.status == JobStatus.RUNNING and job.notify.on_running):
-        actions.append(SendEmail(key=f"email#{change}", message=job_email(job, previous_status=previous_status, bucket=bucket, dataset=dataset)))
+        email = job_email(job, previous_status=previous_status, bucket=bucket, dataset=dataset, cost=cost)
+        actions.append(SendEmail(key=f"email#{change}", message=email))
     if job.notify.webhook_url and job.status in WEBHOOK_TYPES:
         actions.append(_webhook_action(job, WEBHOOK_TYPES[job.status], job.updated_at, f"attempt{job.attempts}", f"v{job.version}"))
-    detail = job_detail(job, previous_status, bucket=bucket)
+    detail = job_detail(job, previous_status, bucket=bucket, cost=cost)
     actions.append(PutBusEvent(key=f"event#{change}", event=BusEvent(detail_type=JOB_STATE_CHANGE, detail=detail, time=job.updated_at)))
     return actions
 

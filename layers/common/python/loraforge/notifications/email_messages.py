@@ -17,6 +17,7 @@ from ..models.dataset import Dataset
 from ..models.errors import ErrorKind
 from ..models.job import Job
 from ..models.status import JobStatus
+from .cost_statement import Billing, CostStatement, cost_statement, format_seconds, money
 
 SUBJECT_MAX = 99
 """SNS: a subject is ASCII, one line, and fewer than 100 characters."""
@@ -59,20 +60,8 @@ def _subject(text: str) -> str:
     return one_line if len(one_line) <= SUBJECT_MAX else one_line[: SUBJECT_MAX - 3].rstrip() + "..."
 
 
-def format_seconds(seconds: float) -> str:
-    """1h 02m 03s / 4m 05s."""
-    hours, rest = divmod(max(0, int(seconds)), 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
-
-
 def _duration(start: datetime | None, end: datetime | None) -> str | None:
     return None if start is None or end is None else format_seconds((end - start).total_seconds())
-
-
-def _money(value: float | None) -> str | None:
-    # Cents for ordinary amounts; sub-dime costs (short CPU or test runs) keep four decimals.
-    return None if value is None else f"${value:.2f}" if value >= 0.1 else f"${value:.4f}"
 
 
 def job_label(job: Job) -> str:
@@ -101,19 +90,16 @@ def _steps_line(job: Job) -> str:
     return f"{done} of {total}"
 
 
-def _cost_line(job: Job) -> str | None:
-    actual, estimated = _money(job.cost.actual_usd), _money(job.cost.estimated_usd)
-    if actual is None and estimated is None:
-        return None
-    text = actual or "not billed yet"
-    if estimated is not None:
-        text += f" (estimate {estimated})"
-    if job.cost.billed_seconds:
-        text += f", {job.cost.billed_seconds:.0f} s of GPU time"
-    return text
+def _cost_rows(job: Job, statement: CostStatement) -> list[tuple[str, str | None]]:
+    """The cost as `statement` states it; a running job's email shows only what is already billed (its estimate has a row)."""
+    if job.status == JobStatus.RUNNING and statement.billing != Billing.PARTIAL:
+        return []
+    first, *more = statement.lines()
+    return [("Cost", first), *(("", line) for line in more)]
 
 
 def _table(rows: list[tuple[str, str | None]]) -> list[str]:
+    # A row with an empty label continues the one above it.
     return [f"  {label:<12}{value}" for label, value in rows if value not in (None, "")]
 
 
@@ -126,11 +112,14 @@ def _dataset_reasons(dataset: Dataset, limit: int = 10) -> list[str]:
     return lines
 
 
-def job_email(job: Job, *, previous_status: JobStatus | None, bucket: str, dataset: Dataset | None = None) -> EmailMessage:
+def job_email(job: Job, *, previous_status: JobStatus | None, bucket: str, dataset: Dataset | None = None,
+              cost: CostStatement | None = None) -> EmailMessage:
     """The notification for a job that just reached `job.status` (running, succeeded, failed or cancelled).
 
     `dataset`: the job's dataset, given when the failure is about it (DATASET_INVALID): its rejection reasons are listed.
+    `cost`: what the webhook and EventBridge event of the same change state about the cost (default: from the job alone).
     """
+    statement = cost or cost_statement(job)
     label = job_label(job)
     prefix = f"s3://{bucket}/{job_prefix(job.owner, job.id)}"
     final_loss = job.result.final_loss if job.result and job.result.final_loss is not None else job.progress.loss
@@ -159,10 +148,10 @@ def job_email(job: Job, *, previous_status: JobStatus | None, bucket: str, datas
         ("Duration", _duration(job.started_at, job.finished_at)),
         ("Steps", _steps_line(job)),
         ("Final loss" if status == JobStatus.SUCCEEDED else "Last loss", f"{final_loss:.4f}" if final_loss is not None else None),
-        ("Cost", _cost_line(job)),
+        *_cost_rows(job, statement),
     ])
     if status == JobStatus.RUNNING and job.estimate is not None:
-        lines += _table([("Estimate", f"about {format_seconds(job.estimate.seconds)}, {_money(job.estimate.cost_usd)}")])
+        lines += _table([("Estimate", f"about {format_seconds(job.estimate.seconds)}, {money(job.estimate.cost_usd)}")])
     if status == JobStatus.FAILED:
         error = job.error
         lines += ["", "What went wrong"]

@@ -18,6 +18,7 @@ from ..models.dataset import Dataset
 from ..models.job import Job
 from ..models.status import DatasetStatus, JobStatus
 from ..settings import get_settings
+from .cost_statement import CostStatement, cost_statement
 
 SOURCE = "loraforge"
 JOB_STATE_CHANGE = "Training Job State Change"
@@ -38,8 +39,12 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def job_detail(job: Job, previous_status: JobStatus | None, *, bucket: str) -> dict[str, Any]:
-    """The job summary carried by `Training Job State Change`."""
+def job_detail(job: Job, previous_status: JobStatus | None, *, bucket: str, cost: CostStatement | None = None) -> dict[str, Any]:
+    """The job summary carried by `Training Job State Change`.
+
+    `cost`: the statement the email and webhook of the same change carry (default: from the job alone); `detail.cost`
+    is the job's cost plus `billing`, `measured_seconds` and `measured_usd` (notifications/cost_statement.py).
+    """
     result = None
     if job.result is not None:
         result = {
@@ -60,7 +65,7 @@ def job_detail(job: Job, previous_status: JobStatus | None, *, bucket: str) -> d
         "attempt": job.attempts,
         "source": str(job.source),
         "progress": job.progress.model_dump(mode="json"),
-        "cost": job.cost.model_dump(mode="json"),
+        "cost": (cost or cost_statement(job)).payload(),
         "error": job.error.model_dump(mode="json") if job.error else None,
         "result": result,
         "bucket": bucket,

@@ -22,6 +22,7 @@ from ..models.artifact import Artifact
 from ..models.common import utcnow
 from ..models.job import Job
 from ..settings import get_settings
+from .cost_statement import CostStatement, cost_statement
 
 RETRY_DELAYS_SECONDS: tuple[int, ...] = (30, 120, 300, 900, 900, 900, 900)
 """Delay before attempt 2, 3, …: 8 attempts over 67.5 minutes. SQS caps DelaySeconds at 900."""
@@ -44,9 +45,14 @@ def webhook_id(job_id: str, event_type: WebhookEventType, *discriminators: str |
 
 
 def build_event(event_type: WebhookEventType, job: Job, *, event_id: str, created_at: datetime,
-                checkpoint: Artifact | None = None) -> dict[str, Any]:
-    """`{type, id, created_at, data}`; data is the job as `GET /v1/jobs/{id}` shows it (plus the checkpoint for job.checkpoint)."""
+                checkpoint: Artifact | None = None, cost: CostStatement | None = None) -> dict[str, Any]:
+    """`{type, id, created_at, data}`; data is the job as `GET /v1/jobs/{id}` shows it (plus the checkpoint for job.checkpoint).
+
+    `data.cost` adds to the job's cost fields what the email of the same change states: `billing` (billed | partial |
+    pending | none) and, while RunPod has not billed the run, `measured_seconds` / `measured_usd` (cost_statement.py).
+    """
     data = job.public()
+    data["cost"] = (cost or cost_statement(job)).payload()
     if checkpoint is not None:
         data["checkpoint"] = checkpoint.model_dump(mode="json")
     return {"type": str(event_type), "id": event_id, "created_at": created_at.isoformat().replace("+00:00", "Z"), "data": data}
