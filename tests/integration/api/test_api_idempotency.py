@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import time
+from collections import Counter
 
+import pytest
+from aws_lambda_powertools.utilities.idempotency.persistence.dynamodb import DynamoDBPersistenceLayer
+from botocore.exceptions import ClientError
+
+from loraforge.dal.clients import client
+from loraforge.dal.jobs_table import JobsTable
+from loraforge.logic.create_job import IDEMPOTENCY_PARTITION
 from loraforge.models.status import DatasetStatus
 from tests.integration.api.conftest import Api, job_body
 from tests.support.apigw import OWNER_A, OWNER_B
@@ -74,3 +82,112 @@ def test_a_refused_request_does_not_burn_its_key(api: Api) -> None:
     # Then the first answer was 409 DATASET_NOT_READY and the retry creates the job
     assert refused.status == 409 and refused.error_code == "DATASET_NOT_READY"
     assert accepted.status == 201 and accepted.json["status"] == "queued"
+
+
+# -- a Lambda that dies half-way through a create --------------------------------------------------------------------
+def die_before_the_record_completes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job is written, then the invocation dies before powertools marks the idempotency record COMPLETE."""
+    def timed_out(self: DynamoDBPersistenceLayer, data: object, result: object) -> None:
+        raise TimeoutError("Task timed out after 29.00 seconds")
+
+    monkeypatch.setattr(DynamoDBPersistenceLayer, "save_success", timed_out)
+
+
+def pass_the_dead_invocations_deadline(api: Api) -> None:
+    """What time does to an INPROGRESS record whose Lambda died: its in-progress expiry (the deadline) passes."""
+    ddb = client("dynamodb")
+    records = ddb.query(TableName=api.table.name, KeyConditionExpression="pk = :pk",
+                        ExpressionAttributeValues={":pk": {"S": IDEMPOTENCY_PARTITION}})["Items"]
+    assert records and all(r["status"]["S"] == "INPROGRESS" for r in records), records
+    for record in records:
+        ddb.update_item(TableName=api.table.name, Key={"pk": record["pk"], "sk": record["sk"]},
+                        UpdateExpression="SET in_progress_expiration = :past",
+                        ExpressionAttributeValues={":past": {"N": str(int(time.time() * 1000) - 1000)}})
+
+
+def crashed_create(api: Api, monkeypatch: pytest.MonkeyPatch, body: dict, key: str) -> None:
+    die_before_the_record_completes(monkeypatch)
+    crashed = api.call("POST", "/v1/jobs", body=body, headers={"Idempotency-Key": key})
+    monkeypatch.undo()
+    assert crashed.status >= 500, crashed.json  # the client saw no answer it can use, so it retries
+    assert len(_jobs(api)) == 1  # ... but the job had been written
+    pass_the_dead_invocations_deadline(api)
+
+
+def test_a_retry_after_a_crash_past_the_job_write_returns_that_job(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a create whose Lambda died after writing the job, and whose deadline has passed
+    dataset = api.dataset()
+    body = job_body(dataset.id)
+    crashed_create(api, monkeypatch, body, "crash-then-retry")
+    written = _jobs(api)[0]
+    # When the client retries with the same key and body
+    retried = api.call("POST", "/v1/jobs", body=body, headers={"Idempotency-Key": "crash-then-retry"})
+    again = api.call("POST", "/v1/jobs", body=body, headers={"Idempotency-Key": "crash-then-retry"})
+    # Then it gets the job that was written, and the owner has exactly one job (one GPU run), with one `created` event
+    assert retried.status == 201, retried.json
+    assert retried.json["id"] == again.json["id"] == written["id"]
+    assert [j["id"] for j in _jobs(api)] == [written["id"]]
+    events = api.call("GET", f"/v1/jobs/{written['id']}/events").json["items"]
+    assert [e["type"] for e in events] == ["created"]
+
+
+def test_another_body_with_the_key_of_a_crashed_create_is_409(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a create whose Lambda died after writing the job
+    dataset = api.dataset()
+    crashed_create(api, monkeypatch, job_body(dataset.id), "crash-then-reuse")
+    # When the key is reused for a different job
+    reused = api.call("POST", "/v1/jobs", body=job_body(dataset.id, hyperparameters={"steps": 900}),
+                      headers={"Idempotency-Key": "crash-then-reuse"})
+    # Then it is refused as today's reuse is, and still one job exists
+    assert reused.status == 409 and reused.error_code == "IDEMPOTENCY_KEY_REUSED", reused.json
+    assert len(_jobs(api)) == 1
+
+
+def test_a_retry_after_a_failure_between_the_job_and_its_event_returns_that_job(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a create that wrote the job and then failed to append its `created` event (DynamoDB throttled it)
+    dataset = api.dataset()
+    body = job_body(dataset.id)
+    throttled = ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "UpdateItem")
+    monkeypatch.setattr(JobsTable, "append_event", lambda *args, **kwargs: (_ for _ in ()).throw(throttled))
+    failed = api.call("POST", "/v1/jobs", body=body, headers={"Idempotency-Key": "half-written"})
+    monkeypatch.undo()
+    assert failed.status >= 500 and len(_jobs(api)) == 1
+    # When the client retries with the same key and body
+    retried = api.call("POST", "/v1/jobs", body=body, headers={"Idempotency-Key": "half-written"})
+    # Then it gets that job, which now has its `created` event, and no second job exists
+    assert retried.status == 201 and [j["id"] for j in _jobs(api)] == [retried.json["id"]]
+    events = api.call("GET", f"/v1/jobs/{retried.json['id']}/events").json["items"]
+    assert [e["type"] for e in events] == ["created"]
+
+
+def test_a_key_stays_bound_to_its_job_after_the_idempotency_record_expires(api: Api) -> None:
+    # Given a job created with a key, whose 24-hour idempotency record has since been removed by the table's TTL
+    dataset = api.dataset()
+    first = api.call("POST", "/v1/jobs", body=job_body(dataset.id), headers={"Idempotency-Key": "long-lived"})
+    ddb = client("dynamodb")
+    for record in ddb.query(TableName=api.table.name, KeyConditionExpression="pk = :pk",
+                            ExpressionAttributeValues={":pk": {"S": IDEMPOTENCY_PARTITION}})["Items"]:
+        ddb.delete_item(TableName=api.table.name, Key={"pk": record["pk"], "sk": record["sk"]})
+    # When the key is sent again, with the same body and with another
+    same = api.call("POST", "/v1/jobs", body=job_body(dataset.id), headers={"Idempotency-Key": "long-lived"})
+    other = api.call("POST", "/v1/jobs", body=job_body(dataset.id, name="v2"), headers={"Idempotency-Key": "long-lived"})
+    # Then the same body still gets the first job, another body is refused, and one job exists
+    assert first.status == same.status == 201 and same.json["id"] == first.json["id"]
+    assert other.status == 409 and other.error_code == "IDEMPOTENCY_KEY_REUSED"
+    assert [j["id"] for j in _jobs(api)] == [first.json["id"]]
+
+
+def test_a_keyed_create_costs_the_dynamodb_calls_of_the_readme(api: Api, dynamodb_calls: Counter[str]) -> None:
+    # Given a ready dataset
+    body = job_body(api.dataset().id)
+    # When a job is created with a key, then the same request is replayed
+    dynamodb_calls.clear()
+    first = api.call("POST", "/v1/jobs", body=body, headers={"Idempotency-Key": "counted"})
+    created = dict(dynamodb_calls)
+    dynamodb_calls.clear()
+    replay = api.call("POST", "/v1/jobs", body=body, headers={"Idempotency-Key": "counted"})
+    # Then the create is: idempotency record (put, then update to COMPLETE), dataset read, job put, `created` event
+    # (sequence update + put); the replay is answered by the failed record put alone (it returns the stored record)
+    assert first.status == replay.status == 201
+    assert created == {"PutItem": 3, "GetItem": 1, "UpdateItem": 2}
+    assert dict(dynamodb_calls) == {"PutItem": 1}

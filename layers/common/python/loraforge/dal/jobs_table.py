@@ -49,8 +49,22 @@ META = "META"
 GLOBAL_CAPACITY = "CAP#global"
 PENDING_COST_INDEX_PK = "STATUS#cost_pending"
 PENDING_COST_TTL_SECONDS = 24 * 3600
-_KEY_ATTRS = {"pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "entity", "expires_at", "event_seq"}
+# Stored on a job created under an Idempotency-Key: which request made it (see create_job).
+REQUEST_FINGERPRINT_ATTR = "request_fingerprint"
+_KEY_ATTRS = {"pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "entity", "expires_at", "event_seq", REQUEST_FINGERPRINT_ATTR}
 MAX_PAGE = 100
+
+
+class JobExists(Conflict):
+    """`create_job` found its id taken (409 JOB_EXISTS). For a write with a request fingerprint, `existing` is the
+    stored job and `request_fingerprint` the one it was written with (None if it has none)."""
+
+    code = "JOB_EXISTS"
+
+    def __init__(self, job_id: str, existing: Job | None = None, request_fingerprint: str | None = None) -> None:
+        super().__init__(f"job {job_id} already exists")
+        self.existing = existing
+        self.request_fingerprint = request_fingerprint
 
 
 class CapacityFull(Exception):
@@ -124,15 +138,25 @@ class JobsTable:
         return client("dynamodb")
 
     # -- jobs ---------------------------------------------------------------------------------
-    def create_job(self, job: Job) -> Job:
-        """1 write. Fails with Conflict if the id exists (ids are random; this guards replays)."""
+    def create_job(self, job: Job, *, request_fingerprint: str | None = None) -> Job:
+        """1 write. Fails with JobExists (a Conflict) if the id exists (random ids: this guards replays).
+
+        `request_fingerprint` is for ids derived from an Idempotency-Key: it is stored on the item, and when the id
+        is taken the failed write itself returns the stored item (ReturnValuesOnConditionCheckFailure), so JobExists
+        carries the existing job and its fingerprint without a second call.
+        """
+        item = _job_item(job)
+        returns: dict[str, str] = {}
+        if request_fingerprint is not None:
+            item[REQUEST_FINGERPRINT_ATTR] = request_fingerprint
+            returns = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
         try:
-            self._ddb.put_item(
-                TableName=self.name, Item=serialize(_job_item(job)), ConditionExpression="attribute_not_exists(pk)"
-            )
+            self._ddb.put_item(TableName=self.name, Item=serialize(item), ConditionExpression="attribute_not_exists(pk)", **returns)
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise Conflict(f"job {job.id} already exists", code="JOB_EXISTS") from exc
+                stored = deserialize(exc.response["Item"]) if "Item" in exc.response else None
+                existing = Job.model_validate(_strip(stored)) if stored else None
+                raise JobExists(job.id, existing, stored.get(REQUEST_FINGERPRINT_ATTR) if stored else None) from exc
             raise
         return job
 

@@ -6,17 +6,27 @@ Idempotency (powertools idempotency on the jobs table, keys scoped by owner and 
 owner + key + body returns the job the first call created; the same key with another body is
 refused with 409 IDEMPOTENCY_KEY_REUSED. A failed call (bad input, dataset not ready) leaves no
 record, so the same key may be used again once the cause is fixed.
+
+Exactly once even when the Lambda dies half-way: the powertools record goes INPROGRESS → job written →
+COMPLETE, and a death between the job write and COMPLETE (or any failure after the job write) leaves a record
+that stops blocking at the Lambda deadline, or none at all. So a keyed job's id is not random but derived from
+(owner, source, key), its write is conditional, and the item keeps a fingerprint of the request: a retry that
+gets past the record collides with the job already written and returns it (adding the `created` event if the
+first call died before it), or gets 409 IDEMPOTENCY_KEY_REUSED for another body. The normal path costs the same
+DynamoDB calls as before: the collision comes back from the conditional write itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
 from ..dal.clients import client
-from ..dal.jobs_table import JobsTable
-from ..models.common import new_id, utcnow
+from ..dal.jobs_table import JobExists, JobsTable
+from ..models.common import new_id, stable_id, utcnow
 from ..models.dataset import DatasetKind
 from ..models.errors import Conflict, InvalidInput
 from ..models.event import EventType
@@ -52,7 +62,7 @@ def create_job(
     the same key when this invocation dies half-way: until the Lambda's own deadline.
     """
     if idempotency_key is None:
-        return _create(owner=owner, request=request, source=source)
+        return _create(owner=owner, request=request, source=source, idempotency_key=None)
     from aws_lambda_powertools.utilities.idempotency.exceptions import (
         IdempotencyAlreadyInProgressError,
         IdempotencyValidationError,
@@ -61,17 +71,33 @@ def create_job(
     create_once = _idempotent(_create, lambda_context)
     data = {"owner": owner, "source": str(source), "key": idempotency_key, "request": request.model_dump(mode="json")}
     try:
-        return create_once(idempotency_input=data, owner=owner, request=request, source=source)
+        return create_once(idempotency_input=data, owner=owner, request=request, source=source, idempotency_key=idempotency_key)
     except IdempotencyValidationError as exc:
-        raise Conflict(
-            "this Idempotency-Key was already used with a different request body: use a new key for a new job",
-            code="IDEMPOTENCY_KEY_REUSED",
-        ) from exc
+        raise _key_reused() from exc
     except IdempotencyAlreadyInProgressError as exc:
         raise Conflict(
             "a request with this Idempotency-Key is still being processed: retry in a few seconds",
             code="IDEMPOTENCY_KEY_IN_USE",
         ) from exc
+
+
+def _key_reused() -> Conflict:
+    return Conflict(
+        "this Idempotency-Key was already used with a different request body: use a new key for a new job",
+        code="IDEMPOTENCY_KEY_REUSED",
+    )
+
+
+def keyed_job_id(owner: str, source: JobSource, idempotency_key: str) -> str:
+    """The id of the job an Idempotency-Key creates: every attempt of one (owner, source, key) writes the same item."""
+    return stable_id("job", "create_job", owner, str(source), idempotency_key)
+
+
+def request_fingerprint(owner: str, source: JobSource, request: CreateJobRequest) -> str:
+    """sha256 of who asked for what. Fields left at their defaults are left out, so a field added to the request
+    model later (with a default) does not turn a retry across a deploy into a 409."""
+    asked = request.model_dump(mode="json", exclude_defaults=True)
+    return hashlib.sha256(json.dumps([owner, str(source), asked], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _idempotent(function: Any, lambda_context: Any) -> Any:
@@ -104,7 +130,8 @@ def _idempotent(function: Any, lambda_context: Any) -> Any:
     )
 
 
-def _create(*, owner: str, request: CreateJobRequest, source: JobSource, idempotency_input: dict[str, Any] | None = None) -> Job:
+def _create(*, owner: str, request: CreateJobRequest, source: JobSource, idempotency_key: str | None,
+            idempotency_input: dict[str, Any] | None = None) -> Job:
     dataset = ready_dataset(owner, request.dataset_id)
     plan = plan_job(request, dataset=dataset)
     if dataset.kind not in TRAINABLE_KINDS.get(plan.preset.modality, frozenset()):
@@ -122,7 +149,7 @@ def _create(*, owner: str, request: CreateJobRequest, source: JobSource, idempot
         )
     now = utcnow()
     job = Job(
-        id=new_id("job"),
+        id=new_id("job") if idempotency_key is None else keyed_job_id(owner, source, idempotency_key),
         owner=owner,
         status=JobStatus.QUEUED,
         name=request.name,
@@ -143,11 +170,35 @@ def _create(*, owner: str, request: CreateJobRequest, source: JobSource, idempot
         updated_at=now,
     )
     table = JobsTable()
-    table.create_job(job)
-    table.append_event(job.id, EventType.CREATED, {
-        "source": str(source), "preset": job.preset, "dataset_id": job.dataset_id,
-        "total_steps": job.hyperparameters.steps, "estimated_usd": plan.estimate.cost_usd,
-    })
+    fingerprint = None if idempotency_key is None else request_fingerprint(owner, source, request)
+    try:
+        table.create_job(job, request_fingerprint=fingerprint)
+    except JobExists as exists:
+        if fingerprint is None:
+            raise
+        return _written_before(table, exists, fingerprint)
+    table.append_event(job.id, EventType.CREATED, _created_event(job))
     metrics.add_metric(name="JobsCreated", unit=MetricUnit.Count, value=1)
     logger.info("job created", extra={"job_id": job.id, "owner": owner, "preset": job.preset, "source": str(source)})
     return job
+
+
+def _created_event(job: Job) -> dict[str, Any]:
+    return {"source": str(job.source), "preset": job.preset, "dataset_id": job.dataset_id,
+            "total_steps": job.hyperparameters.steps, "estimated_usd": job.cost.estimated_usd}
+
+
+def _written_before(table: JobsTable, exists: JobExists, fingerprint: str) -> Job:
+    """The key's job is already in the table: an earlier attempt wrote it and died before its idempotency record
+    said so. The same request gets that job; another request is a reused key."""
+    existing = exists.existing
+    if existing is None or exists.request_fingerprint != fingerprint:
+        raise _key_reused()
+    # The earlier attempt may have died before the `created` event (it is among the first few: dispatch can only add
+    # events after the job exists). The dedupe marker keeps two racing recoveries from adding it twice.
+    if not any(event.type == EventType.CREATED for event in table.list_events(existing.id, limit=10)):
+        table.append_event(existing.id, EventType.CREATED, _created_event(existing), dedupe_key="created", at=existing.created_at)
+    metrics.add_metric(name="JobCreationsRecovered", unit=MetricUnit.Count, value=1)
+    logger.warning("job creation recovered: an earlier attempt with this idempotency key wrote the job and died",
+                   extra={"job_id": existing.id, "owner": existing.owner, "status": str(existing.status)})
+    return existing

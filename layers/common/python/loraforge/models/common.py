@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import secrets
 from datetime import UTC, datetime
@@ -41,6 +43,13 @@ def new_id(prefix: str) -> str:
     """`job_…` / `ds_…`: 10 chars of milliseconds + 10 random chars (ULID-like, lowercase)."""
     ms = int(utcnow().timestamp() * 1000)
     return f"{prefix}_{_b32(ms, 10)}{_b32(secrets.randbits(50), 10)}"
+
+
+def stable_id(prefix: str, *parts: str) -> str:
+    """An id shaped like `new_id(prefix)` (same alphabet and length, so it passes every id pattern) but derived from
+    `parts` by sha256: the same parts always name the same resource (e.g. the job of an Idempotency-Key). Not time-ordered."""
+    digest = hashlib.sha256(json.dumps([prefix, *parts]).encode()).digest()
+    return f"{prefix}_{_b32(int.from_bytes(digest[:13], 'big'), 20)}"
 
 
 def is_valid_owner(owner: str) -> bool:
