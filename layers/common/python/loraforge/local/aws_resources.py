@@ -44,6 +44,9 @@ TOPIC_ID = "NotificationsTopic"
 SIGNING_SECRET_ID = "SigningKeySecret"
 WEBHOOK_QUEUE_ID = "WebhookDeliveryQueue"
 RUNPOD_SECRET_PARAMETER = "RunPodApiKeySecretArn"
+# Function variables whose template value names a resource with no local counterpart (the HTTP API's URL):
+# the local stack sets them itself (stack.py). Any other variable that cannot be resolved is an error.
+LOCALLY_SUPPLIED_VARIABLES = frozenset({"PUBLIC_API_URL"})
 
 # Types created locally. Everything else (functions, the API, IAM, Cognito, log groups, queue policies that
 # name SAM-generated rules) has no local counterpart: the local stack calls the handlers itself.
@@ -94,10 +97,14 @@ class StackResources:
     endpoint_url: str | None
     environment: Mapping[str, str] = field(repr=False)
     """template Globals.Function.Environment.Variables, resolved against these resources."""
+    function_environments: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
+    """Function logical id -> its own Environment.Variables (SAM merges them over Globals), resolved; the
+    LOCALLY_SUPPLIED_VARIABLES are left out."""
 
     def env(self) -> dict[str, str]:
-        """The Lambda environment: the template's Globals variables, plus the region and the moto endpoint."""
-        values = dict(self.environment)
+        """The Lambda environment: the template's Globals variables and every function's own ones (the local functions
+        share one process), plus the region and the moto endpoint."""
+        values = _one_process_environment(self.environment, self.function_environments)
         values["AWS_REGION"] = self.region
         values["AWS_DEFAULT_REGION"] = self.region
         if self.endpoint_url:
@@ -692,6 +699,8 @@ def create_resources_from_template(
 
     variables = ((template.get("Globals") or {}).get("Function") or {}).get("Environment", {}).get("Variables", {})
     environment = {name: str(resolver.resolve(value)) for name, value in variables.items()}
+    function_environments = _function_environments(template, resolver)
+    _one_process_environment(environment, function_environments)  # refuse now what one process cannot reproduce
     queues = {logical_id: resolver.refs[logical_id] for logical_id, resource in resources.items() if resource["Type"] == "AWS::SQS::Queue"}
     queue_arns = {logical_id: resolver.attrs[logical_id]["Arn"] for logical_id in queues}
     missing = [logical_id for logical_id in (BUCKET_ID, TABLE_ID, TOPIC_ID, SIGNING_SECRET_ID, WEBHOOK_QUEUE_ID) if logical_id not in resolver.refs]
@@ -709,7 +718,58 @@ def create_resources_from_template(
         region=region,
         endpoint_url=endpoint_url,
         environment=environment,
+        function_environments=function_environments,
     )
+
+
+def _function_environments(template: Mapping[str, Any], resolver: _Resolver) -> dict[str, dict[str, str]]:
+    """Each function's own variables, resolved like the Globals ones (`!Ref SomeParameter` -> its value)."""
+    environments: dict[str, dict[str, str]] = {}
+    for logical_id, resource in (template.get("Resources") or {}).items():
+        if resource.get("Type") != "AWS::Serverless::Function":
+            continue
+        variables = (((resource.get("Properties") or {}).get("Environment") or {}).get("Variables")) or {}
+        environments[logical_id] = {
+            name: str(resolver.resolve(value)) for name, value in variables.items() if name not in LOCALLY_SUPPLIED_VARIABLES
+        }
+    return environments
+
+
+def _one_process_environment(globals_env: Mapping[str, str], function_envs: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """The local functions run in one process, so they share one environment: the Globals plus every function's own
+    variables. A variable two functions (or a function and the Globals) set differently cannot be reproduced."""
+    merged = dict(globals_env)
+    for logical_id, variables in function_envs.items():
+        for name, value in variables.items():
+            if merged.get(name, value) != value:
+                raise UnsupportedTemplateFeature(
+                    f"{logical_id} sets {name}={value!r} but another function or the Globals set {merged[name]!r}: "
+                    "the local functions share one environment"
+                )
+            merged[name] = value
+    return merged
+
+
+def parameters_from_environment(template: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Number parameters (the operational limits) whose function variable is set in `environ`, by parameter name.
+
+    The local counterpart of `sam deploy --parameter-overrides`: `MAX_AUTO_RETRIES=0 loraforge local up` sets
+    MaxAutoRetries, which then reaches every function that reads it and is range-checked like a deployment.
+    """
+    declared = template.get("Parameters") or {}
+    environments = [((template.get("Globals") or {}).get("Function") or {}).get("Environment", {}).get("Variables", {})]
+    environments += [
+        (((resource.get("Properties") or {}).get("Environment") or {}).get("Variables")) or {}
+        for resource in (template.get("Resources") or {}).values()
+        if resource.get("Type") == "AWS::Serverless::Function"
+    ]
+    overrides: dict[str, str] = {}
+    for variables in environments:
+        for variable, value in variables.items():
+            name = value.get("Ref") if isinstance(value, dict) and len(value) == 1 else None
+            if name in declared and declared[name].get("Type") == "Number" and environ.get(variable):
+                overrides[name] = environ[variable]
+    return overrides
 
 
 def _parameters(template: Mapping[str, Any], overrides: Mapping[str, str]) -> dict[str, str]:
@@ -722,7 +782,21 @@ def _parameters(template: Mapping[str, Any], overrides: Mapping[str, str]) -> di
     absent = sorted(set(declared) - set(values))
     if absent:
         raise ValueError(f"template parameters without a default need a value: {absent}")
+    for name, spec in declared.items():
+        if spec.get("Type") == "Number":
+            _check_number(name, values[name], spec)
     return values
+
+
+def _check_number(name: str, value: str, spec: Mapping[str, Any]) -> None:
+    """What CloudFormation checks for a Number parameter before it deploys anything."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"template parameter {name}={value!r} is not a number") from None
+    low, high = spec.get("MinValue"), spec.get("MaxValue")
+    if (low is not None and number < float(low)) or (high is not None and number > float(high)):
+        raise ValueError(f"template parameter {name}={value} is outside {low if low is not None else '-inf'}..{high if high is not None else 'inf'}")
 
 
 def _account_id(creator: _Creator) -> str:

@@ -8,7 +8,8 @@ and the HTTP API, all on 127.0.0.1, all in this process (the workers are child p
 The Lambda handlers run in this process with the environment a deployed function gets from the
 template (`StackResources.env()`), plus the local-only settings: PUBLIC_API_URL (the local API),
 RUNPOD_BASE_URL / RUNPOD_ENDPOINTS (the emulator) and LORAFORGE_LOCAL_ALLOW_LOOPBACK (webhook
-receivers on loopback; no deployed stack sets it).
+receivers on loopback; no deployed stack sets it). A limit the template takes as a parameter, set in this
+process's environment (`MAX_AUTO_RETRIES=0 loraforge local up`), is that parameter's value.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, TextIO
 
 from .api_server import LocalApiGateway, LocalApiServer, cors_from_template, routes_from_template
 from .auth import LocalIssuer
-from .aws_resources import DEFAULT_TEMPLATE, RUNPOD_LOCAL_API_KEY, StackResources, create_resources_from_template
+from .aws_resources import DEFAULT_TEMPLATE, RUNPOD_LOCAL_API_KEY, StackResources, create_resources_from_template, parameters_from_environment
 from .lambda_runtime import LocalFunctions, TemplateRefs
 from .pumps import DEFAULT_POLL_INTERVAL, DynamoStreamPump, EventBridgePump, Pump, PumpHistory, SchedulePump, SqsPump
 from .runpod_emulator import RunPodEmulator
@@ -170,9 +171,11 @@ class LocalStack:
         self.emulator = self._start_emulator()
         runpod_base = self.emulator.base_url
 
+        # Limits given in the environment are parameter overrides, range-checked like a deployment's.
+        limits = parameters_from_environment(self.functions.template, {**os.environ, **config.environment})
         self.resources = create_resources_from_template(
             endpoint, config.template, REGION,
-            parameter_overrides={"RunPodBaseUrl": runpod_base, "RunPodEndpoints": json.dumps({LOCAL_GPU_CLASS: self.emulator.endpoint_id})},
+            parameter_overrides={**limits, "RunPodBaseUrl": runpod_base, "RunPodEndpoints": json.dumps({LOCAL_GPU_CLASS: self.emulator.endpoint_id})},
         )
         self._set_env({
             **self.resources.env(),
