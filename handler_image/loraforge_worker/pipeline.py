@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -43,8 +42,8 @@ from .engines import UnknownEngine, get_engine
 from .engines.base import RunLayout, run_name
 from .errors import WorkerFailure
 from .events import EventSender
+from .resume import place_resume
 from .runtime import WorkerRuntime
-from .safetensors_header import training_step
 from .session import TrainingSession
 from .uploader import Uploader, UploadError
 
@@ -218,32 +217,15 @@ class JobRun:
         return manifest
 
     async def _place_resume(self, layout: RunLayout) -> None:
-        """Put the stored checkpoint (and optimizer state) where the engine's resume logic finds it."""
-        inp = self.input
-        assert inp is not None and inp.resume is not None
+        """Put every file of the stored checkpoint (and the optimizer state) where the engine's resume logic finds it."""
+        inp, events = self.input, self.events
+        assert inp is not None and inp.resume is not None and events is not None
         resume, total = inp.resume, inp.spec.hyperparameters.steps
         if resume.step >= total:
             raise WorkerFailure(WorkerErrorCode.INVALID_INPUT, f"cannot resume from step {resume.step}: the run has only {total} steps")
-        layout.output_dir.mkdir(parents=True, exist_ok=True)
-        staged = layout.root / "resume.safetensors"
-        try:
-            await asyncio.to_thread(download, resume.checkpoint_url, staged, max_bytes=inp.output.max_bytes,
-                                    expected_sha256=resume.checkpoint_sha256)
-        except DownloadError as exc:
-            raise WorkerFailure(WorkerErrorCode.RESUME_FAILED, f"the resume checkpoint could not be downloaded: {exc.message}") from exc
-        recorded = training_step(staged)
-        if recorded != resume.step:
-            raise WorkerFailure(WorkerErrorCode.RESUME_FAILED, f"the resume checkpoint records step {recorded}, not {resume.step}")
-        target = layout.checkpoint_path(resume.step)
-        for suffix in ("_high_noise", "_low_noise"):
-            if resume.checkpoint_name.endswith(f"{suffix}.safetensors"):
-                target = target.with_name(f"{target.stem}{suffix}.safetensors")
-        os.replace(staged, target)
-        if resume.optimizer_url:
-            try:
-                await asyncio.to_thread(download, resume.optimizer_url, layout.optimizer_path, max_bytes=inp.output.max_bytes)
-            except DownloadError as exc:
-                log.warning("resume without optimizer state: %s", exc.message)
+        placed = await asyncio.to_thread(place_resume, resume, layout, max_bytes=inp.output.max_bytes)
+        events.emit(WorkerEventType.LOG, {"lines": [f"resuming from step {resume.step}: {', '.join(p.name for p in placed.files)}"
+                                                    + (" + optimizer state" if placed.optimizer else " (no optimizer state)")]})
 
     async def _upload_logs(self) -> None:
         session, uploader = self.session, self.uploader

@@ -184,6 +184,7 @@ class TrainingSession:
         if sig.step is None:
             return  # the final file: verified and uploaded by the pipeline once the engine exited 0
         self.last_checkpoint_step = sig.step
+        files: list[tuple[Path, str]] = []
         for path in saved_files(sig.path):
             staged = self.staging / path.name
             try:
@@ -191,7 +192,32 @@ class TrainingSession:
                 os.link(path, staged)
             except OSError:
                 await asyncio.to_thread(shutil.copyfile, path, staged)
-            self.upload_later(staged, ArtifactKind.CHECKPOINT, sig.step, path.name, WorkerEventType.CHECKPOINT, remove_after=True)
+            files.append((staged, path.name))
+        self._track(asyncio.create_task(self._upload_checkpoint(files, sig.step)))
+
+    async def _upload_checkpoint(self, files: list[tuple[Path, str]], step: int) -> None:
+        """Upload every file of one save, then report them together. A save with a file that failed to upload is not
+        reported at all (a split checkpoint missing an expert cannot be resumed; its other file stays unlisted in S3)."""
+        try:
+            results = await asyncio.gather(*(self.uploader.upload(path, ArtifactKind.CHECKPOINT, step, name) for path, name in files),
+                                           return_exceptions=True)
+        finally:
+            for path, _ in files:
+                path.unlink(missing_ok=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for error in errors:
+            if not isinstance(error, (UploadError, OSError)):
+                raise error
+        if errors:
+            reason = "; ".join(str(e) for e in errors)
+            message = reason if len(files) == 1 else f"checkpoint at step {step} not reported, a file of it failed to upload: {reason}"
+            self.upload_errors.append(message)
+            log.warning("upload failed: %s", message)
+            return
+        for artifact in results:
+            assert isinstance(artifact, Artifact)
+            self.artifacts.append(artifact)
+            self.events.emit(WorkerEventType.CHECKPOINT, artifact.model_dump(mode="json"))
 
     async def _on_optimizer(self, sig: OptimizerSaved) -> None:
         step, self._optimizer_step = self._optimizer_step, None
@@ -209,7 +235,9 @@ class TrainingSession:
     # -- uploads ----------------------------------------------------------------------------------
     def upload_later(self, path: Path, kind: ArtifactKind, step: int, name: str, event: WorkerEventType | None, *,
                 remove_after: bool = False) -> None:
-        task = asyncio.create_task(self._upload_one(path, kind, step, name, event, remove_after))
+        self._track(asyncio.create_task(self._upload_one(path, kind, step, name, event, remove_after)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 

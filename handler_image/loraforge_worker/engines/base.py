@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraforge.contract import Engine, TrainingSpec
+from loraforge.contract import CHECKPOINT_PARTS, Engine, TrainingSpec
 
 NAME_RE = re.compile(r"[^a-z0-9_]+")
 
@@ -63,8 +63,9 @@ class RunLayout:
     def config_dir(self) -> Path:
         return self.root / "config"
 
-    def checkpoint_path(self, step: int) -> Path:
-        return self.output_dir / f"{self.name}_{step:09d}.safetensors"
+    def checkpoint_path(self, step: int, part: str = "") -> Path:
+        """`part`: "" or one of `CHECKPOINT_PARTS` (the file of one expert of a split checkpoint)."""
+        return self.output_dir / f"{self.name}_{step:09d}{part}.safetensors"
 
     @property
     def final_path(self) -> Path:
@@ -112,7 +113,7 @@ class TrainingEngine(ABC):
         return self.command(config_path, layout, spec)
 
 
-SPLIT_SUFFIXES = ("_high_noise", "_low_noise")
+SPLIT_SUFFIXES = CHECKPOINT_PARTS
 
 
 def saved_files(path: Path) -> list[Path]:

@@ -12,14 +12,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from .models.artifact import Artifact
 from .models.base import DomainModel
 from .models.errors import ErrorKind, JobError
 from .models.job import CheckpointOptions, Hyperparameters, SampleOptions
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
+"""2: `resume.files` carries every file of the checkpoint (1 had one `checkpoint_url`; such inputs still parse)."""
 
 
 class Engine(StrEnum):
@@ -81,12 +82,59 @@ class Callback(DomainModel):
     min_interval_seconds: float = Field(default=3.0, ge=0.0, description="Progress throttle")
 
 
+CHECKPOINT_PARTS = ("_high_noise", "_low_noise")
+"""Name suffixes of a checkpoint saved as one file per expert: Wan 2.2 14B writes `<name>_<step:09d>_high_noise.safetensors`
+and `…_low_noise.safetensors` where other models write one `<name>_<step:09d>.safetensors`. Resuming needs every part:
+AI-Toolkit, given either file, loads its sibling by swapping the suffix and silently skips a sibling that is not there."""
+
+
+def checkpoint_part(name: str) -> str:
+    """The expert part of a checkpoint file name (`_high_noise`, `_low_noise`), or "" for a single-file checkpoint."""
+    stem = name.rsplit("/", 1)[-1].removesuffix(".safetensors")
+    return next((part for part in CHECKPOINT_PARTS if stem.endswith(part)), "")
+
+
+class CheckpointFile(DomainModel):
+    """One file of a stored checkpoint (presigned GET) and what it must hash to."""
+
+    url: str = Field(description="Presigned GET of the stored file")
+    name: str = Field(pattern=r"^[^/\\]+$", max_length=255,
+                      description="The name the engine saved it under; its part (`_high_noise`, `_low_noise` or none) says where it goes")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="Recorded at upload; the worker refuses other bytes")
+    size: int | None = Field(default=None, ge=0)
+
+
 class ResumeFrom(DomainModel):
+    """The checkpoint an attempt starts from: EVERY file of one step (one for most models, one per expert for Wan 2.2 14B).
+
+    `checkpoint_url`/`checkpoint_name`/`checkpoint_sha256` mirror `files[0]` for workers older than `files` (contract 1),
+    which restore that one file; an input that has only them (queued under contract 1) is read as a one-file `files`.
+    """
+
     step: int = Field(ge=1)
-    checkpoint_url: str
-    checkpoint_name: str
+    files: list[CheckpointFile] = Field(min_length=1, max_length=len(CHECKPOINT_PARTS))
+    optimizer_url: str | None = Field(default=None, description="Presigned GET of the optimizer state saved with this step")
+    checkpoint_url: str | None = None
+    checkpoint_name: str | None = None
     checkpoint_sha256: str | None = None
-    optimizer_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_file_input(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("files") and data.get("checkpoint_url"):
+            single = {"url": data["checkpoint_url"], "name": data.get("checkpoint_name"), "sha256": data.get("checkpoint_sha256")}
+            return {**data, "files": [single]}
+        return data
+
+    @model_validator(mode="after")
+    def _one_file_per_part(self) -> ResumeFrom:
+        parts = [checkpoint_part(f.name) for f in self.files]
+        if len(set(parts)) != len(parts) or (len(parts) > 1 and "" in parts):
+            raise ValueError(f"resume files must be one single file or one file per part {list(CHECKPOINT_PARTS)}; "
+                             f"got {[f.name for f in self.files]}")
+        first = self.files[0]
+        self.checkpoint_url, self.checkpoint_name, self.checkpoint_sha256 = first.url, first.name, first.sha256
+        return self
 
 
 class WorkerInput(DomainModel):
