@@ -59,6 +59,7 @@ def _plan(table: JobsTable, job: Job, outcome: Outcome) -> tuple[JobStatus, dict
         changes = {
             "attempts": job.attempts + 1, "auto_retries": job.auto_retries + 1,
             "resume_from": stored.checkpoint if stored else None, "resume_optimizer": stored.optimizer if stored else None,
+            "resume_files": list(stored.files) if stored else [],
             "runpod_job_id": None, "endpoint_id": None, "dispatch_token": None, "dispatched_at": None,
             "next_attempt_at": None, "dispatch_attempts": 0, "worker_seq": 0,
             "progress": Progress(step=resume_step, total_steps=job.progress.total_steps,

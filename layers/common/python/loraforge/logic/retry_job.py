@@ -2,7 +2,7 @@
 
 Terminal states never change, so a retry is a NEW job: same owner, dataset, preset and options,
 `retry_of` = the old id, `attempts` = old + 1, source `retry`, resuming from the old job's newest
-stored checkpoint (and the optimizer state saved with it). The new job is queued, so the stream
+complete stored checkpoint (every file of its step, `resume_files`) and the optimizer state saved with it. The new job is queued, so the stream
 dispatches it like any other. Retrying the same job twice returns the job the first retry made.
 """
 
@@ -55,6 +55,7 @@ def _create_retry(table: JobsTable, old: Job, new_job_id: str) -> Job:
         notify=old.notify, metadata=old.metadata, source=JobSource.RETRY, estimate=old.estimate, gpu_class=old.gpu_class,
         cost=Cost(estimated_usd=old.cost.estimated_usd), attempts=old.attempts + 1, retry_of=old.id,
         resume_from=stored.checkpoint if stored else None, resume_optimizer=stored.optimizer if stored else None,
+        resume_files=list(stored.files) if stored else [],
         progress=Progress(step=resume_step, total_steps=total, percent=round(100.0 * resume_step / total, 1) if total else 0.0),
         created_at=now, updated_at=now,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..contract import Callback, DatasetSource, OutputTarget, ResumeFrom, WorkerInput
+from ..contract import Callback, CheckpointFile, DatasetSource, OutputTarget, ResumeFrom, WorkerInput
 from ..dal import keys
 from ..dal.jobs_table import JobsTable
 from ..dal.storage import Storage
@@ -74,6 +74,15 @@ def worker_callback_url(job_id: str) -> str:
     return public_url(f"/v1/hooks/worker/{job_id}")
 
 
+def resume_input(job: Job, storage: Storage, ttl: int) -> ResumeFrom:
+    """Every file of the checkpoint the job starts from, each presigned (Wan 2.2 14B: both experts), plus its optimizer state."""
+    assert job.resume_from is not None
+    files = [CheckpointFile(url=storage.presigned_get(a.key, ttl)[0], name=a.key.rsplit("/", 1)[-1], sha256=a.sha256, size=a.size)
+             for a in (job.resume_files or [job.resume_from])]  # the stored object's name: the engine's file name
+    optimizer_url = storage.presigned_get(job.resume_optimizer.key, ttl)[0] if job.resume_optimizer else None
+    return ResumeFrom(step=job.resume_from.step, files=files, optimizer_url=optimizer_url)
+
+
 def build_worker_input(job: Job, dispatch_token: str, policy: RunPolicy, *, table: JobsTable, storage: Storage) -> WorkerInput:
     """1 DynamoDB read (the dataset); presigning is local. Raises InvalidInput when the job cannot run as asked."""
     settings = get_settings()
@@ -92,11 +101,7 @@ def build_worker_input(job: Job, dispatch_token: str, policy: RunPolicy, *, tabl
     post = storage.job_output_post(job.owner, job.id, upload_ttl)
     resume = None
     if job.resume_from is not None and job.resume_from.step >= 1:
-        checkpoint_url, _ = storage.presigned_get(job.resume_from.key, download_ttl)
-        optimizer_url = storage.presigned_get(job.resume_optimizer.key, download_ttl)[0] if job.resume_optimizer else None
-        resume = ResumeFrom(step=job.resume_from.step, checkpoint_url=checkpoint_url,
-                            checkpoint_name=job.resume_from.name or job.resume_from.key.rsplit("/", 1)[-1],
-                            checkpoint_sha256=job.resume_from.sha256, optimizer_url=optimizer_url)
+        resume = resume_input(job, storage, download_ttl)
     return WorkerInput(
         job_id=job.id,
         attempt=job.attempts,

@@ -148,6 +148,11 @@ class Job(DomainModel):
     retried_by: str | None = Field(default=None, description="The job created by retrying this one")
     resume_from: Artifact | None = Field(default=None, description="Checkpoint the current attempt starts from")
     resume_optimizer: Artifact | None = Field(default=None, description="Optimizer state stored with that checkpoint, if any")
+    resume_files: list[Artifact] = Field(
+        default_factory=list,
+        description="Every file of that checkpoint (Wan 2.2 14B: one per expert; resume_from is the first). Empty on jobs "
+        "written before this field: resume_from alone is then the checkpoint.",
+    )
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
