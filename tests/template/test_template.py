@@ -378,6 +378,16 @@ def test_only_the_hooks_and_the_openapi_document_skip_the_jwt_authorizer(transla
     assert jwt["type"] == "jwt" and jwt["identitySource"] == "$request.header.Authorization"
 
 
+def test_cors_allows_the_methods_the_api_documents_and_the_headers_it_reads(sam_template: dict[str, Any]) -> None:
+    # Given the HTTP API's CORS settings and the committed OpenAPI document
+    cors = sam_template["Resources"]["HttpApi"]["Properties"]["CorsConfiguration"]
+    documented = {method.upper() for item in json.loads((REPO / "openapi.json").read_text())["paths"].values() for method in item}
+
+    # When a browser asks which methods and headers it may send
+    # Then it is offered exactly the documented methods (a preflight for anything else would end in a 405) and the headers routes read
+    assert set(cors["AllowMethods"]) == documented | {"OPTIONS"}
+    assert {"Authorization", "Content-Type", "Idempotency-Key"} <= set(cors["AllowHeaders"])
+
 # ---------------------------------------------------------------------------------------------------
 # Storage
 # ---------------------------------------------------------------------------------------------------
