@@ -37,10 +37,10 @@ TEMPLATE = REPO / "template.yaml"
 LIBRARY = REPO / "layers" / "common" / "python"
 LOCAL_ONLY_PREFIX = "LORAFORGE_LOCAL_"
 FIELD_OF_VARIABLE = {variable: field for field, variable in SETTINGS_ENV.items()}
-# ApiFunction ends runs (the RunPod and worker hooks) and then starts the next queued job, which needs PUBLIC_API_URL for
-# the new run's callback URLs. The template cannot give it that URL: ApiFunction -> HttpApi -> ApiFunction is a cycle (E3004).
-# Without it the API's hand-over fails before /run and requeues that job with one dispatch attempt spent; reconcile starts it later.
-KNOWN_GAPS = frozenset({("ApiFunction", "PUBLIC_API_URL")})
+# ApiFunction ends runs (the RunPod and worker hooks, cancel) and then starts the next queued job, whose callbacks need the API's
+# URL. The template cannot give it PUBLIC_API_URL: ApiFunction -> HttpApi -> ApiFunction is a cycle (E3004). It takes the URL
+# from the request it serves instead (loraforge/public_api.py; tests/integration/dispatch/test_capacity.py shows the hand-over).
+FROM_THE_REQUEST = frozenset({("ApiFunction", "PUBLIC_API_URL")})
 
 
 @pytest.fixture(scope="module")
@@ -200,20 +200,10 @@ def test_every_setting_a_function_reads_is_set_for_it_and_local_only_ones_never_
                if variable not in env[name] and not variable.startswith(LOCAL_ONLY_PREFIX)}
     local_only_set = {(name, variable) for name, variables in env.items() for variable in variables if variable.startswith(LOCAL_ONLY_PREFIX)}
 
-    # Then nothing a deployed function reads falls back to a code default unseen (but the one known gap, tested below),
+    # Then nothing a deployed function reads falls back to a code default unseen (but the API's own URL, which it reads from its request),
     # and no deployment sets a local-stack-only switch (e.g. loopback webhooks)
-    assert missing - KNOWN_GAPS == set()
+    assert missing - FROM_THE_REQUEST == set()
     assert local_only_set == set()
-
-
-@pytest.mark.xfail(strict=True, reason="template cycle: ApiFunction cannot get its own API's URL (see KNOWN_GAPS); fix in code, then drop the gap")
-def test_api_function_can_build_callback_urls_for_the_job_it_starts(template: dict[str, Any]) -> None:
-    # Given the API function, which starts the next queued job when a hook frees a slot
-    reads, env = _reads_of(template), _env_of(template)
-
-    # When its environment is checked for the public API URL that job's callbacks need
-    # Then it is there
-    assert "PUBLIC_API_URL" in reads["ApiFunction"] and "PUBLIC_API_URL" in env["ApiFunction"]
 
 
 def test_limits_are_set_on_exactly_their_readers_or_globally_when_most_read_them(template: dict[str, Any]) -> None:

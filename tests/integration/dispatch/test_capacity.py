@@ -56,3 +56,25 @@ def test_owner_limit_lets_another_owners_job_go_first(plane: ControlPlane, confi
     plane.start_worker(a1.id)
     plane.runpod_webhook(a1.id, plane.finish_on_runpod(a1.id))
     assert plane.job(a2.id).status == JobStatus.STARTING
+
+
+def test_the_api_starts_the_next_job_with_callbacks_to_the_api_the_hook_came_through(plane: ControlPlane, configure) -> None:
+    # Given one slot, a running job and a queued one, and an API function that is not told its own URL (the template cannot:
+    # ApiFunction -> HttpApi -> ApiFunction would be a cycle), only dispatch is
+    configure(GLOBAL_CONCURRENCY="1", OWNER_CONCURRENCY="1")
+    first, second = plane.seed_job(), plane.seed_job()
+    plane.dispatch(first.id, second.id)
+    plane.start_worker(first.id)
+    assert plane.job(second.id).status == JobStatus.QUEUED
+    configure(PUBLIC_API_URL="")
+
+    # When RunPod's completion webhook for the first run reaches the API (through API Gateway's execute-api host)
+    plane.runpod_webhook(first.id, plane.finish_on_runpod(first.id))
+
+    # Then the API hands the slot to the queued job at once, and that run calls back to the API the webhook came through
+    assert plane.job(first.id).status == JobStatus.SUCCEEDED
+    assert plane.job(second.id).status == JobStatus.STARTING
+    run = plane.runpod.only_run_for(second.id)
+    base = "https://k7p2m9x4qd.execute-api.us-east-1.amazonaws.com"  # requestContext.domainName of events/apigw_v2_runpod_hook.json
+    assert run.webhook is not None and run.webhook.startswith(f"{base}/v1/hooks/runpod/{second.id}/")
+    assert plane.worker_input(second.id).callback.url == f"{base}/v1/hooks/worker/{second.id}"

@@ -11,6 +11,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 
+from ..public_api import request_base_url, serving_request_from
 from .body import JsonObjectBodyValidation
 from .errors import register_error_handlers
 
@@ -33,6 +34,7 @@ def build_app() -> APIGatewayHttpResolver:
     for name in ROUTER_MODULES:
         app.include_router(importlib.import_module(f"{__package__}.routers.{name}").router)
     register_error_handlers(app)
+    app.use(middlewares=[_calls_back_to_this_api])
 
     @app.get("/openapi.json", include_in_schema=False)
     def get_openapi():  # no return annotation: it would become a response model
@@ -40,6 +42,13 @@ def build_app() -> APIGatewayHttpResolver:
         return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=openapi_document_text())
 
     return app
+
+
+def _calls_back_to_this_api(app: APIGatewayHttpResolver, next_middleware: Any) -> Any:
+    """Jobs this request starts call back to the API it came through (the function has no PUBLIC_API_URL: see public_api)."""
+    context = app.current_event.request_context
+    with serving_request_from(request_base_url(context.domain_name, context.stage)):
+        return next_middleware(app)
 
 
 app = build_app()

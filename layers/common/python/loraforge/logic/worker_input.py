@@ -19,6 +19,7 @@ from ..models.status import DatasetStatus
 from ..presets import build_training_spec, get_preset
 from ..presets.cost_model import estimate as estimate_cost
 from ..presets.cost_model import execution_timeout_seconds
+from ..public_api import public_api_base_url
 from ..secrets_store import signing_key
 from ..settings import get_settings
 from ..signing import job_secret, runpod_hook_token
@@ -60,7 +61,7 @@ def run_policy(job: Job) -> RunPolicy:
 
 
 def public_url(path: str) -> str:
-    base = get_settings().public_api_url
+    base = public_api_base_url()
     if not base:
         raise RuntimeError("PUBLIC_API_URL is not configured: RunPod and the worker cannot call back")
     return base.rstrip("/") + path
