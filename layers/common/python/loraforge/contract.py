@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, model_validator
 from .models.artifact import Artifact
 from .models.base import DomainModel
 from .models.errors import ErrorKind, JobError
-from .models.job import CheckpointOptions, Hyperparameters, SampleOptions
+from .models.job import CheckpointOptions, Hyperparameters, ResumeReport, SampleOptions
 
 CONTRACT_VERSION = 2
 """2: `resume.files` carries every file of the checkpoint (1 had one `checkpoint_url`; such inputs still parse)."""
@@ -301,3 +301,7 @@ class WorkerResult(DomainModel):
     artifacts: list[Artifact] = Field(default_factory=list)
     timings: Timings = Field(default_factory=Timings)
     error: JobError | None = None
+    resume: ResumeReport | None = Field(
+        default=None, description="With `resume` in the input, once training began: the step the engine really started from "
+        "(`honoured` false: it did not continue from the checkpoint). None from workers older than this field."
+    )

@@ -13,12 +13,13 @@ from __future__ import annotations
 from ..dal.jobs_table import JobsTable
 from ..models.errors import Conflict, InvalidTransition
 from ..models.event import EventType
-from ..models.job import Job, JobResult
+from ..models.job import Job
 from ..models.status import JobStatus, is_terminal
 from ..observability import logger
 from ..providers.runpod import RunPodError, RunPodNotFound, get_runpod_client
 from .checkpoints import newest_checkpoint
 from .finish_job import Outcome, finish_job
+from .lora_result import lora_result
 
 MAX_RACE_RETRIES = 4
 
@@ -56,7 +57,7 @@ def _keep_latest_result(table: JobsTable, job: Job) -> Job:
     stored = newest_checkpoint(table, job)
     if stored is None:
         return job
-    result = JobResult(lora=stored.checkpoint, steps=stored.checkpoint.step)
+    result = lora_result(stored.files, steps=stored.step)
     table.update_job(job.id, set_fields={"result": result.model_dump(mode="json")}, only_if_status=[JobStatus.CANCELLED])
     return job.model_copy(update={"result": result})
 

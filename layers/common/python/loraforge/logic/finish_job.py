@@ -21,6 +21,7 @@ from ..models.status import JobStatus, holds_capacity, is_terminal
 from ..observability import logger, metrics
 from ..settings import get_settings
 from .checkpoints import newest_checkpoint
+from .lora_result import lora_result
 
 MAX_RACE_RETRIES = 4
 OutcomeSource = Literal["runpod_webhook", "worker_event", "reconcile", "cancel", "dispatch"]
@@ -75,7 +76,7 @@ def _plan(table: JobsTable, job: Job, outcome: Outcome) -> tuple[JobStatus, dict
         if job.keep_latest:
             stored = newest_checkpoint(table, job)
             if stored:
-                changes["result"] = JobResult(lora=stored.checkpoint, steps=stored.checkpoint.step)
+                changes["result"] = lora_result(stored.files, steps=stored.step)  # every file of the step (Wan 2.2 14B: both experts)
                 event_data["kept_checkpoint_step"] = stored.checkpoint.step
         return JobStatus.CANCELLED, changes, EventType.CANCELLED, event_data
     if outcome.status == "succeeded":

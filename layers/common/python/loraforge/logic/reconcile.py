@@ -27,7 +27,7 @@ from ..dal.jobs_table import JobsTable, PendingCost
 from ..models.common import utcnow
 from ..models.errors import ErrorKind, JobError
 from ..models.event import EventType
-from ..models.job import Job, JobResult
+from ..models.job import Job
 from ..models.status import JobStatus, holds_capacity, is_terminal
 from ..observability import logger, metrics
 from ..providers.runpod import RunPodClient, RunPodError, RunPodNotFound, get_runpod_client
@@ -35,7 +35,7 @@ from ..settings import get_settings
 from .dispatch import requeue_claimed, start_next_queued, unknown_outcome_deadline
 from .finish_job import Outcome, finish_job
 from .job_cost import gpu_price_per_second, record_run_cost
-from .run_outcome import apply_runpod_status, recorded_final
+from .run_outcome import apply_runpod_status, recorded_result
 
 ACTIVE_STATUSES = (JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CANCELLING)
 # RunPod may not list a run in /status for a moment after /run answered: a 404 younger than this is not "lost".
@@ -182,10 +182,9 @@ def _reconcile_unrecorded_run(table: JobsTable, job: Job, now: datetime, report:
 
 def _lost_run_outcome(table: JobsTable, job: Job) -> Outcome:
     """RunPod forgot the run (404). If the worker's own events recorded the final LoRA, the run succeeded."""
-    final = recorded_final(table, job)
-    if final is not None:
-        return Outcome(status="succeeded", source="reconcile", runpod_job_id=job.runpod_job_id,
-                       result=JobResult(lora=final, steps=final.step))
+    result = recorded_result(table, job)
+    if result is not None:
+        return Outcome(status="succeeded", source="reconcile", runpod_job_id=job.runpod_job_id, result=result)
     return Outcome(status="failed", source="reconcile", runpod_job_id=job.runpod_job_id, error=JobError(
         code="RUNPOD_JOB_LOST", kind=ErrorKind.SYSTEM,
         message="RunPod no longer knows this run (results are kept 30 minutes, and nothing after the ttl) and no result arrived"))

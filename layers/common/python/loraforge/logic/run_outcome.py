@@ -21,6 +21,7 @@ from ..observability import logger
 from ..providers.runpod import RunPodJob
 from .finish_job import Outcome, OutcomeSource, finish_job
 from .job_cost import record_run_cost
+from .lora_result import lora_result
 
 MAX_ERROR_MESSAGE = 500
 
@@ -34,9 +35,20 @@ def own_artifacts(job: Job, artifacts: list[Artifact]) -> list[Artifact]:
     return kept
 
 
-def recorded_final(table: JobsTable, job: Job) -> Artifact | None:
-    finals = table.list_artifacts(job.id, ArtifactKind.FINAL)
-    return max(finals, key=lambda a: a.step) if finals else None
+def final_files(finals: list[Artifact], step: int | None = None) -> list[Artifact]:
+    """The final artifacts of one step (default: the newest): every file of the final LoRA (Wan 2.2 14B: one per expert)."""
+    finals = [a for a in finals if a.kind == ArtifactKind.FINAL]
+    if not finals:
+        return []
+    step = max(a.step for a in finals) if step is None else step
+    return [a for a in finals if a.step == step]
+
+
+def recorded_result(table: JobsTable, job: Job) -> JobResult | None:
+    """The result made of the final LoRA files already recorded for the job (every part; an earlier delivery of the worker's
+    result recorded them), or None. 1 query."""
+    files = final_files(table.list_artifacts(job.id, ArtifactKind.FINAL))
+    return lora_result(files, steps=files[0].step) if files else None
 
 
 def outcome_from_result(table: JobsTable, job: Job, result: WorkerResult, *, source: OutcomeSource, runpod_job_id: str | None) -> Outcome:
@@ -48,12 +60,15 @@ def outcome_from_result(table: JobsTable, job: Job, result: WorkerResult, *, sou
     for artifact in artifacts:
         table.put_artifact(job.id, artifact)
     if result.status == "completed":
-        final = result.final if result.final in artifacts else recorded_final(table, job)
-        if final is None:
+        # Every final file the manifest lists at the step of its `final` (a split LoRA has one per expert); a manifest whose
+        # `final` is missing or outside the job's prefix falls back on the final files the worker's events recorded.
+        files = final_files(artifacts, result.final.step) if result.final is not None and result.final in artifacts else []
+        files = files or final_files(table.list_artifacts(job.id, ArtifactKind.FINAL))
+        if not files:
             return Outcome(status="failed", source=source, runpod_job_id=runpod_job_id, error=JobError(
                 code="RESULT_MISSING", kind=ErrorKind.SYSTEM, message="the worker reported success but named no final LoRA file"))
-        return Outcome(status="succeeded", source=source, runpod_job_id=runpod_job_id,
-                       result=JobResult(lora=final, steps=result.steps or final.step, final_loss=result.final_loss))
+        return Outcome(status="succeeded", source=source, runpod_job_id=runpod_job_id, result=lora_result(
+            files, steps=result.steps or files[0].step, final_loss=result.final_loss, resume=result.resume))
     if result.status == "cancelled":
         return Outcome(status="cancelled", source=source, runpod_job_id=runpod_job_id)
     error = result.error or JobError(code="WORKER_FAILED", message="the worker failed without a reason", kind=ErrorKind.SYSTEM)
@@ -91,10 +106,9 @@ def outcome_from_runpod(table: JobsTable, job: Job, run: RunPodJob, *, source: O
             return outcome_from_result(table, job, result, source=source, runpod_job_id=run.id)
         # RunPod can report COMPLETED without the output (results over its payload cap are dropped at job-done):
         # the worker's own events may still have recorded the final file.
-        final = recorded_final(table, job)
-        if final is not None:
-            return Outcome(status="succeeded", source=source, runpod_job_id=run.id,
-                           result=JobResult(lora=final, steps=final.step))
+        recorded = recorded_result(table, job)
+        if recorded is not None:
+            return Outcome(status="succeeded", source=source, runpod_job_id=run.id, result=recorded)
         return Outcome(status="failed", source=source, runpod_job_id=run.id, error=JobError(
             code="RESULT_MISSING", kind=ErrorKind.SYSTEM, message="RunPod reported the run COMPLETED without a result manifest"))
     if run.status == "FAILED":

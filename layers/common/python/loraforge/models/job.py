@@ -112,10 +112,38 @@ class Estimate(DomainModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class ResultFile(Artifact):
+    """One file of a job's resulting LoRA."""
+
+    part: str | None = Field(
+        default=None,
+        description="Which expert the file holds when the LoRA is saved as one file per expert (Wan 2.2 14B: `high_noise`, "
+        "`low_noise`; load both); null for a single-file LoRA",
+    )
+
+
+class ResumeReport(DomainModel):
+    """Whether the trainer started where an attempt that resumes from a checkpoint asked it to."""
+
+    requested_step: int = Field(ge=1, description="The step of the checkpoint the attempt resumed from")
+    started_step: int = Field(ge=0, description="The step the trainer actually started training from (its own report and progress)")
+    honoured: bool = Field(description="False when the trainer started elsewhere (0: it trained again from scratch): the steps "
+                           "it reports, and the result, count from `started_step`")
+
+
 class JobResult(DomainModel):
-    lora: Artifact | None = None
+    lora: Artifact | None = Field(default=None, description="The LoRA file; for a LoRA in several files (see `files`) the first of them")
+    files: list[ResultFile] = Field(
+        default_factory=list,
+        description="EVERY file of the LoRA, in name order: one for most models, one per expert for Wan 2.2 14B "
+        "(`…_high_noise.safetensors` and `…_low_noise.safetensors`, both needed). Download them with "
+        "`GET /v1/jobs/{id}/artifacts` (presigned URLs) or `loraforge jobs download`. Empty on jobs finished before this field.",
+    )
     steps: int | None = None
     final_loss: float | None = None
+    resume: ResumeReport | None = Field(
+        default=None, description="Set when the attempt that produced the result resumed from a checkpoint: where the trainer really started"
+    )
 
 
 class JobSource(StrEnum):
