@@ -108,3 +108,67 @@ def test_when_the_worker_ends_the_job_first_the_email_gives_the_measured_cost_an
     assert len(sns_sent(notify_stack.topic_arn)) == 1
     assert event_capture() == []
     assert len(webhook_payloads(notify_stack)) == 1
+
+
+def crash_attempt_one(plane: ControlPlane, job: Job, minutes_ago: float) -> Job:  # noqa: F811 - plane is a fixture
+    """The worker of attempt 1 reports a system failure (its own event, RunPod has billed nothing) `minutes_ago` minutes ago;
+    one automatic retry is allowed, so the job goes back to the queue and the freed slot dispatches attempt 2 at once."""
+    run = plane.runpod_id(job.id)
+    crashed = plane.result(job, status="failed", error={"code": "ENGINE_CRASHED", "message": "CUDA error: an illegal memory access",
+                                                        "kind": "system"})
+    assert plane.worker_event(job.id, "failed", 5, crashed, runpod_job_id=run, at=utcnow() - timedelta(minutes=minutes_ago)).status == 200
+    return plane.job(job.id)
+
+
+def test_an_automatically_retried_job_states_the_run_time_of_both_attempts(
+        plane: ControlPlane, notify_stack, event_capture, lambda_context) -> None:  # noqa: F811
+    # Given attempt 1's worker started 50 minutes ago and reported a system failure 30 minutes ago (a 20 minute run)
+    job = running_job(plane, started_minutes_ago=50)
+    retried = crash_attempt_one(plane, job, minutes_ago=30)
+    # Then the job is on attempt 2 with attempt 1's run time kept and its start forgotten
+    assert (retried.status, retried.attempts, retried.auto_retries) == (JobStatus.STARTING, 2, 1)
+    assert retried.attempt_started_at is None and retried.run_seconds == pytest.approx(1200, abs=5)
+
+    # When attempt 2's worker starts 15 minutes ago and its completed event ends the job now, before RunPod bills either run
+    run = plane.runpod_id(job.id)
+    plane.runpod.start_job(run)
+    assert plane.worker_event(job.id, "started", 1, {"dispatch_token": retried.dispatch_token, "runpod_job_id": run},
+                              runpod_job_id=run, at=utcnow() - timedelta(minutes=15)).status == 200
+    assert plane.worker_event(job.id, "completed", 5, plane.result(plane.job(job.id)), runpod_job_id=run).status == 200
+    # and the running -> succeeded change reaches the notify function
+    notify([status_change(stream_records(notify_stack.table), job.id, "running", "succeeded")], lambda_context)
+
+    # Then the email prices both runs (20 + 15 minutes): not attempt 1's start to the end (50 minutes), not attempt 2 alone
+    [(_, email, _, _, _)] = sns_sent(notify_stack.topic_arn)
+    assert re.search(r"Cost        about \$0\.42 for 35m 0\ds of measured run time over 2 attempts \(each attempt's worker start to the end "
+                     rf"of its run, at \${price('cpu'):g}/s\)", email), email
+    # and its Duration row says it is the run time over both attempts, beside the time since the job was created (1 hour ago)
+    assert re.search(r"Duration    run time 35m 0\ds over 2 attempts; (59m 5\ds|1h 00m 0\ds) since created", email), email
+    # and the webhook and the event state the same measured figure
+    [event] = event_capture()
+    [webhook] = webhook_payloads(notify_stack)
+    cost = event["detail"]["cost"]
+    assert cost == webhook["data"]["cost"] and cost["billing"] == "pending"
+    assert cost["measured_seconds"] == pytest.approx(2100, abs=10) and cost["measured_usd"] == pytest.approx(2100 * price("cpu"), abs=0.003)
+    # and GET /v1/jobs/{id} shows the run time measured over both attempts, and when the last attempt's worker started
+    shown = plane.job(job.id).public()
+    assert shown["run_seconds"] == pytest.approx(2100, abs=10) and shown["attempt_started_at"] > shown["started_at"]
+
+
+def test_an_attempt_whose_worker_never_started_adds_no_run_time_from_the_attempt_before(
+        plane: ControlPlane, notify_stack, lambda_context) -> None:  # noqa: F811
+    # Given attempt 1 ran 20 minutes (started 50 minutes ago, system failure 30 minutes ago) and attempt 2 was dispatched
+    job = running_job(plane, started_minutes_ago=50)
+    crash_attempt_one(plane, job, minutes_ago=30)
+    # When attempt 2's RunPod run fails before its worker sends any event (no automatic retry left)
+    run = plane.runpod_id(job.id)
+    plane.runpod.fail(run, "container image pull failed")
+    assert plane.runpod_webhook(job.id, plane.runpod.webhook_body(run)).status == 200
+    failed = plane.job(job.id)
+    assert (failed.status, failed.attempts) == (JobStatus.FAILED, 2)
+    notify([status_change(stream_records(notify_stack.table), job.id, "starting", "failed")], lambda_context)
+
+    # Then the measured run time is attempt 1's 20 minutes only: attempt 1's start never measures attempt 2
+    assert failed.run_seconds == pytest.approx(1200, abs=5)
+    [(_, email, _, _, _)] = sns_sent(notify_stack.topic_arn)
+    assert re.search(r"Duration    run time 20m 0\ds over 2 attempts; ", email), email

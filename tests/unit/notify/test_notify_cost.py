@@ -26,15 +26,30 @@ JOB_ID = "job_01jd4q2w8e6r4t2y0u8i"
 
 
 def finished_job(status: JobStatus = JobStatus.SUCCEEDED, **changes) -> Job:
-    """A first-attempt job whose worker started 57m 30s before the run ended, on RunPod run rp-1, not billed yet."""
+    """A first-attempt job whose worker started 57m 30s before the run ended (finish_job recorded that run time), on RunPod
+    run rp-1, not billed yet."""
     lora = Artifact(kind=ArtifactKind.FINAL, step=2000, key=f"jobs/user-b/{JOB_ID}/final/portrait.safetensors", size=1000, sha256="ab" * 32)
+    started = NOW - timedelta(minutes=57, seconds=30)
     base = Job(id=JOB_ID, owner="user-b", status=status, name="portrait set", preset="sdxl", dataset_id="ds_01jd4q0a2s4d6f8g0h2j",
-               hyperparameters=HP, created_at=NOW - timedelta(hours=1), updated_at=NOW, started_at=NOW - timedelta(minutes=57, seconds=30),
-               finished_at=NOW, estimate=ESTIMATE, cost=Cost(estimated_usd=0.63), gpu_class="24gb", runpod_job_id="rp-1", endpoint_id="ep",
-               version=4, notify=NotifyOptions(email="me@example.com", webhook_url="https://hooks.example.com/loraforge"),
+               hyperparameters=HP, created_at=NOW - timedelta(hours=1), updated_at=NOW, started_at=started, attempt_started_at=started,
+               run_seconds=3450.0, finished_at=NOW, estimate=ESTIMATE, cost=Cost(estimated_usd=0.63), gpu_class="24gb", runpod_job_id="rp-1",
+               endpoint_id="ep", version=4, notify=NotifyOptions(email="me@example.com", webhook_url="https://hooks.example.com/loraforge"),
                result=JobResult(lora=lora, steps=2000, final_loss=0.09) if status == JobStatus.SUCCEEDED else None,
                error=JobError(code="GPU_OOM", message="oom", kind=ErrorKind.USER) if status == JobStatus.FAILED else None)
     return base.model_copy(update=changes)
+
+
+NEVER_STARTED = {"started_at": None, "attempt_started_at": None, "run_seconds": None}
+"""No attempt's worker ever sent an event: nothing was measured."""
+
+
+def auto_retried_job(status: JobStatus = JobStatus.SUCCEEDED, **changes) -> Job:
+    """Attempt 2 after an automatic retry of a system failure, not billed yet: created 1h 05m before the end; attempt 1's
+    worker started 60 min before the end and ran 20 min; the job then waited 25 min in the queue; attempt 2's worker
+    started 15 min before the end. finish_job added each attempt's run time as it ended: 20m + 15m."""
+    retried = {"attempts": 2, "auto_retries": 1, "runpod_job_id": "rp-2", "created_at": NOW - timedelta(minutes=65),
+               "started_at": NOW - timedelta(minutes=60), "attempt_started_at": NOW - timedelta(minutes=15), "run_seconds": 2100.0}
+    return finished_job(status, **(retried | changes))
 
 
 def billed(job: Job, usd: float, seconds: float, *runs: str) -> Job:
@@ -79,10 +94,11 @@ def test_only_the_measured_run_time_known_gives_an_approximate_cost_and_says_whe
     assert "not billed yet" not in text
 
 
-@pytest.mark.parametrize("why", ["the worker never started", "a retried job: started_at is the first attempt's"])
+@pytest.mark.parametrize("why", ["the worker never started", "no worker of an automatically retried job started"])
 def test_with_nothing_but_the_estimate_the_email_says_it_is_an_estimate(why):
-    # Given a failed job RunPod has not billed and whose current run loraforge could not measure
-    job = finished_job(JobStatus.FAILED, started_at=None) if why == "the worker never started" else finished_job(JobStatus.FAILED, attempts=2)
+    # Given a failed job RunPod has not billed and whose runs loraforge could not measure
+    job = (finished_job(JobStatus.FAILED, **NEVER_STARTED) if why == "the worker never started"
+           else auto_retried_job(JobStatus.FAILED, **NEVER_STARTED))
     # When its email is written
     text = cost_text(job_email(job, previous_status=JobStatus.RUNNING, bucket="b", cost=cost_statement(job, PRICE)).body)
     # Then the figure is the estimate, labelled as one (made before launch, not measured), and says where the billed figure will be
@@ -93,7 +109,7 @@ def test_with_nothing_but_the_estimate_the_email_says_it_is_an_estimate(why):
 
 def test_a_retried_job_with_some_runs_billed_states_a_floor_not_a_total():
     # Given attempt 2 succeeded; RunPod billed attempt 1's run but not yet the run that ended the job
-    job = billed(finished_job(attempts=2, runpod_job_id="rp-2"), 0.31, 1634.0, "rp-1")
+    job = billed(auto_retried_job(), 0.31, 1634.0, "rp-1")
     # When its email is written
     statement = cost_statement(job, PRICE)
     text = cost_text(job_email(job, previous_status=JobStatus.RUNNING, bucket="b", cost=statement).body)
@@ -105,7 +121,7 @@ def test_a_retried_job_with_some_runs_billed_states_a_floor_not_a_total():
 
 def test_every_run_of_a_retried_job_billed_is_the_total():
     # Given attempt 2 succeeded and both attempts' runs are billed
-    job = billed(finished_job(attempts=2, runpod_job_id="rp-2"), 0.93, 4890.0, "rp-1", "rp-2")
+    job = billed(auto_retried_job(), 0.93, 4890.0, "rp-1", "rp-2")
     # When its email is written / Then it is the billed total over both runs
     text = cost_text(job_email(job, previous_status=JobStatus.RUNNING, bucket="b", cost=cost_statement(job, PRICE)).body)
     assert text.startswith("$0.93, billed by RunPod for 4890 s (1h 21m 30s) of GPU time over 2 runs")
@@ -113,10 +129,62 @@ def test_every_run_of_a_retried_job_billed_is_the_total():
 
 def test_a_job_that_never_reached_runpod_costs_nothing():
     # Given a job cancelled while it was still queued (no RunPod run)
-    job = finished_job(JobStatus.CANCELLED, runpod_job_id=None, endpoint_id=None, started_at=None)
+    job = finished_job(JobStatus.CANCELLED, runpod_job_id=None, endpoint_id=None, **NEVER_STARTED)
     # When its email is written / Then it says $0.00 and why
     text = cost_text(job_email(job, previous_status=JobStatus.QUEUED, bucket="b", cost=cost_statement(job, PRICE)).body)
     assert text == "$0.00: the job ended before any RunPod run was recorded for it."
+
+
+# -- jobs on their second attempt ------------------------------------------------------------------------
+def duration_row(body: str) -> str:
+    [row] = [line.strip() for line in body.splitlines() if line.startswith("  Duration ")]
+    return row.removeprefix("Duration").strip()
+
+
+def test_an_automatically_retried_job_is_priced_on_the_run_time_of_both_attempts_not_the_span_from_the_first_start():
+    # Given attempt 2 of an automatically retried job, ended by its worker's completed event before RunPod billed either run:
+    # attempt 1 ran 20 min, the job then waited 25 min in the queue, attempt 2 ran 15 min
+    job = auto_retried_job()
+    # When its notifications are written
+    statement = cost_statement(job, PRICE)
+    body = job_email(job, previous_status=JobStatus.RUNNING, bucket="b", cost=statement).body
+    # Then the measured figure is both runs, 20m + 15m, x the price: never the first attempt's start to the second's end
+    # (1h, queue wait included), never the last attempt alone (15m); RunPod bills every attempt's run
+    assert statement.billing == Billing.PENDING
+    assert statement.measured_seconds == 2100.0 and statement.measured_usd == pytest.approx(2100 * PRICE)
+    assert cost_text(body).startswith(f"about ${2100 * PRICE:.2f} for 35m 00s of measured run time over 2 attempts (each attempt's worker"
+                                      " start to the end of its run, at $0.00019/s).")
+    # and the Duration row says what it measures: the run time over both attempts, then the wall time since the job was created
+    assert duration_row(body) == "run time 35m 00s over 2 attempts; 1h 05m 00s since created"
+
+
+def test_a_manual_retry_is_measured_and_billed_on_its_own_run():
+    # Given a job made by POST /v1/jobs/{id}/retry (attempt 2, a new job; attempt 1's run is billed on the job it retried)
+    # whose one run its worker ended 57m 30s after it started, not billed yet
+    job = finished_job(attempts=2, retry_of="job_01jd4q0000000000000a", runpod_job_id="rp-2")
+    # When its notifications are written
+    statement = cost_statement(job, PRICE)
+    body = job_email(job, previous_status=JobStatus.RUNNING, bucket="b", cost=statement).body
+    # Then its own measured run is priced (not an estimate because the attempt number is 2), over one attempt
+    assert statement.measured_seconds == 3450.0 and statement.measured_usd == pytest.approx(3450 * PRICE)
+    assert cost_text(body).startswith(f"about ${3450 * PRICE:.2f} for 57m 30s of measured run time (the worker's start to the end of the run")
+    assert duration_row(body) == "run time 57m 30s; 1h 00m 00s since created"
+
+    # When RunPod has billed that one run
+    billed_statement = cost_statement(billed(job, 0.66, 3472.0, "rp-2"), PRICE)
+    # Then that is the job's whole cost, not "at least ... so far"
+    assert billed_statement.billing == Billing.BILLED and billed_statement.lines()[0].startswith("$0.66, billed by RunPod for 3472 s")
+
+
+def test_a_manual_retry_cancelled_while_queued_costs_nothing():
+    # Given a job made by POST /v1/jobs/{id}/retry and cancelled before it was dispatched
+    job = finished_job(JobStatus.CANCELLED, attempts=2, retry_of="job_01jd4q0000000000000a", runpod_job_id=None, endpoint_id=None,
+                       **NEVER_STARTED)
+    # When its email is written
+    body = job_email(job, previous_status=JobStatus.QUEUED, bucket="b", cost=cost_statement(job, PRICE)).body
+    # Then it cost nothing, and the Duration row measures no run time
+    assert cost_text(body) == "$0.00: the job ended before any RunPod run was recorded for it."
+    assert duration_row(body) == "1h 00m 00s since created; no run time measured"
 
 
 def test_a_running_email_shows_the_estimate_not_a_cost_row():
@@ -132,7 +200,8 @@ def test_a_running_email_shows_the_estimate_not_a_cost_row():
 CASES = {
     "billed": (billed(finished_job(), 0.66, 3472.0, "rp-1"), "billed", 0.66, None),
     "measured": (finished_job(), "pending", None, round(3450 * PRICE, 6)),
-    "estimate only": (finished_job(JobStatus.FAILED, started_at=None), "pending", None, None),
+    "estimate only": (finished_job(JobStatus.FAILED, **NEVER_STARTED), "pending", None, None),
+    "measured over two attempts": (auto_retried_job(), "pending", None, round(2100 * PRICE, 6)),
 }
 
 

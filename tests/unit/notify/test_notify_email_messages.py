@@ -33,7 +33,7 @@ NOW = utcnow()
 def job(status: JobStatus = JobStatus.SUCCEEDED, **changes) -> Job:
     base = Job(id="job_01jd4q2w8e6r4t2y0u8i", owner="user-b", status=status, name="portrait set", preset="sdxl",
                dataset_id="ds_01jd4q0a2s4d6f8g0h2j", hyperparameters=HP, created_at=NOW - timedelta(hours=1),
-               updated_at=NOW, started_at=NOW - timedelta(minutes=57, seconds=30), finished_at=NOW)
+               updated_at=NOW, started_at=NOW - timedelta(minutes=57, seconds=30), finished_at=NOW, run_seconds=3450.0)
     return base.model_copy(update=changes)
 
 

@@ -109,10 +109,12 @@ def _iso(at: datetime) -> str:
 
 
 def _mark_running(table: JobsTable, job: Job, at: datetime) -> None:
+    """The attempt's first event: `started_at` is the job's first start, `attempt_started_at` this attempt's (what its run time
+    is measured from when it ends; finish_job clears it when it queues the next attempt)."""
     if job.status != JobStatus.STARTING:
         return
     try:
-        table.transition(job, JobStatus.RUNNING, started_at=job.started_at or at)
+        table.transition(job, JobStatus.RUNNING, started_at=job.started_at or at, attempt_started_at=at)
     except InvalidTransition:
         pass  # someone else moved it (another event, a cancel, the end of the run): nothing to do
 
@@ -167,6 +169,8 @@ def _apply_end(table: JobsTable, job: Job, event: WorkerEvent) -> HookReply:
         # RunPod stops a worker the same way for a cancel, its ttl and its executionTimeout: only RunPod's status tells them apart.
         return ignored("the job was not being cancelled; RunPod's status decides how this run ended")
     outcome = outcome_from_result(table, job, result, source="worker_event", runpod_job_id=job.runpod_job_id)
+    # The run's end on the worker's clock, the clock its start was taken on: the measured run time ignores delivery delay.
+    outcome = outcome.model_copy(update={"ended_at": event.at})
     finished = finish_job(table, job, outcome)
     table.append_event(job.id, EventType.LOG, {"message": f"worker reported {event.type}", "attempt": event.attempt,
                                                "worker_seq": event.seq}, dedupe_key=_dedupe_key(event), at=event.at)

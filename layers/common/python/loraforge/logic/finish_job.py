@@ -9,11 +9,13 @@ queued job at once (reconcile is only the backstop).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from ..dal.jobs_table import JobsTable
+from ..models.common import utcnow
 from ..models.errors import ErrorKind, InvalidTransition, JobError
 from ..models.event import EventType
 from ..models.job import Job, JobResult, Progress
@@ -37,6 +39,8 @@ class Outcome(BaseModel):
     result: JobResult | None = None
     retryable: bool = True
     """False for failures an automatic retry cannot fix even when kind is system (e.g. cancelled on RunPod's console)."""
+    ended_at: datetime | None = None
+    """When the run ended, where its source knows (the worker's terminal event); None: when the outcome is applied."""
 
 
 def _auto_retry_allowed(job: Job, outcome: Outcome) -> bool:
@@ -109,6 +113,7 @@ def finish_job(table: JobsTable, job: Job, outcome: Outcome, *, start_next: bool
             logger.info("outcome of another run ignored", extra={"job_id": job.id, "runpod_job_id": outcome.runpod_job_id})
             return None
         target, changes, event_type, event_data = _plan(table, job, outcome)
+        changes |= _close_attempt(job, target, outcome)
         _remember_unbilled_run(table, job)
         try:
             updated = table.transition(job, target, **changes)
@@ -126,6 +131,19 @@ def finish_job(table: JobsTable, job: Job, outcome: Outcome, *, start_next: bool
         return updated
     logger.warning("gave up applying an outcome after repeated races", extra={"job_id": job.id})
     return None
+
+
+def _close_attempt(job: Job, target: JobStatus, outcome: Outcome) -> dict[str, Any]:
+    """The ending attempt's measured run time (its worker's start to the end of its run) added to `run_seconds`: RunPod bills
+    every attempt's run, so the job's run time is their sum, never the first start to the last end (queue waits between).
+    A requeued attempt's start is cleared so the next attempt can never be measured from it."""
+    changes: dict[str, Any] = {"attempt_started_at": None} if target == JobStatus.QUEUED else {}
+    # An attempt running when attempt_started_at was introduced has only started_at, which is its start while no retry happened.
+    start = job.attempt_started_at or (job.started_at if job.auto_retries == 0 else None)
+    if start is not None:
+        seconds = max(0.0, ((outcome.ended_at or utcnow()) - start).total_seconds())
+        changes["run_seconds"] = round((job.run_seconds or 0.0) + seconds, 3)
+    return changes
 
 
 def _remember_unbilled_run(table: JobsTable, job: Job) -> None:

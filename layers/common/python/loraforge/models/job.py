@@ -183,8 +183,15 @@ class Job(DomainModel):
     )
     created_at: datetime
     updated_at: datetime
-    started_at: datetime | None = None
+    started_at: datetime | None = Field(default=None, description="When the first attempt's worker started")
     finished_at: datetime | None = None
+    attempt_started_at: datetime | None = Field(
+        default=None, description="When the current attempt's worker started (its first event); null until it has, and again when "
+        "an automatic retry queues a new attempt")
+    run_seconds: float | None = Field(
+        default=None, description="Worker run time loraforge measured over this job's attempts that have ended: each one's worker "
+        "start to the end of its run, summed (queue waits between attempts not counted). RunPod bills more: `cost.billed_seconds` "
+        "adds queueing and cold start. Null when no attempt's worker started")
     error: JobError | None = None
     result: JobResult | None = None
     # control-plane fields (not secret, but not needed by most clients)

@@ -9,9 +9,10 @@ email, the user webhook and the EventBridge event all carry that same statement:
   billed   RunPod's billed time for every run of the job is recorded: `actual_usd` is the cost.
   partial  some runs are billed, not all (an automatic retry left an earlier run, or the last run, unbilled):
            `actual_usd` is a floor.
-  pending  nothing billed yet. For a first attempt the run time loraforge measured (the worker's `started`
-           event to the end of the run) × the GPU price: a lower bound, since RunPod also bills queueing and
-           cold start. Otherwise only the estimate made before launch, labelled as one.
+  pending  nothing billed yet. The run time loraforge measured (`Job.run_seconds`: each attempt's worker start
+           to the end of its run, summed over the job's attempts, since RunPod bills every one) × the GPU price:
+           a lower bound, since RunPod also bills queueing and cold start. When no worker started, only the
+           estimate made before launch, labelled as one.
   none     the job ended before any RunPod run was recorded for it: there is nothing to bill.
 
 A billed figure that arrives after the notification updates `GET /v1/jobs/{id}` (cost.actual_usd) and sends
@@ -45,6 +46,8 @@ class CostStatement(BaseModel):
     billed_runs: int = 0
     measured_seconds: float | None = None
     measured_usd: float | None = None
+    measured_attempts: int = 1
+    """How many attempts `measured_seconds` spans (this job's: its first and each automatic retry)."""
     price_per_second: float | None = None
 
     def payload(self) -> dict[str, Any]:
@@ -77,16 +80,22 @@ class CostStatement(BaseModel):
             case Billing.NONE:
                 return ["$0.00: the job ended before any RunPod run was recorded for it."]
         if self.measured_seconds is not None and self.measured_usd is not None:
-            first = (f"about {money(self.measured_usd)} for {_duration(self.measured_seconds)} of measured run time"
-                     f" (the worker's start to the end of the run{self._rate(',')}).")
+            first = (f"about {money(self.measured_usd)} for {self._measured()} ({self._measured_how()}{self._rate(',')}).")
             return _present([first, later, estimate])
         if self.measured_seconds is not None:
-            first = f"{_duration(self.measured_seconds)} of measured run time; no GPU price is configured, so no dollar figure."
+            first = f"{self._measured()}; no GPU price is configured, so no dollar figure."
             return _present([first, later, estimate])
         if self.estimated_usd is not None:
             return [f"estimate {money(self.estimated_usd)} for the full run (made before launch, not measured;"
                     " RunPod has not billed this job yet).", later]
         return ["not known yet: RunPod has not billed this job and no estimate was made.", later]
+
+    def _measured(self) -> str:
+        over = f" over {self.measured_attempts} attempts" if self.measured_attempts > 1 else ""
+        return f"{_duration(self.measured_seconds or 0.0)} of measured run time{over}"
+
+    def _measured_how(self) -> str:
+        return "each attempt's worker start to the end of its run" if self.measured_attempts > 1 else "the worker's start to the end of the run"
 
     def _rate(self, separator: str = "") -> str:
         return f"{separator} at ${self.price_per_second:g}/s" if self.price_per_second is not None else ""
@@ -118,15 +127,16 @@ def _present(lines: list[str | None]) -> list[str]:
     return [line for line in lines if line]
 
 
-def _measured_seconds(job: Job) -> float | None:
-    """The first attempt's run time as loraforge saw it: the worker's `started` event to the end of the run.
+def attempts_in_job(job: Job) -> int:
+    """Attempts this job record ran: its first and one per automatic retry. A manual retry is a new job (`attempts` counts
+    on from the job it retried, whose runs are billed on that job), so `attempts` itself is not this count."""
+    return job.auto_retries + 1
 
-    Only for attempt 1: `started_at` is the first attempt's start, so for a retried job it would also count the
-    earlier runs and the time between them.
-    """
-    if job.attempts != 1 or job.started_at is None or job.finished_at is None or not is_terminal(job.status):
-        return None
-    return max(0.0, round((job.finished_at - job.started_at).total_seconds(), 3))
+
+def measured_run_seconds(job: Job) -> float | None:
+    """The run time loraforge measured over every attempt of an ended job (finish_job adds each attempt's as it ends),
+    never the first attempt's start to the last one's end; None while the job runs or when no worker ever started."""
+    return job.run_seconds if is_terminal(job.status) else None
 
 
 def cost_statement(job: Job, price_per_second: float | None = None) -> CostStatement:
@@ -145,10 +155,11 @@ def cost_statement(job: Job, price_per_second: float | None = None) -> CostState
         runs = max(len(job.billed_runs), 1)
         current_billed = job.runpod_job_id is None or job.runpod_job_id in job.billed_runs or not job.billed_runs
         # One RunPod run per attempt at most: fewer billed runs than attempts may leave an earlier run unbilled.
-        complete = is_terminal(job.status) and current_billed and runs >= job.attempts
+        complete = is_terminal(job.status) and current_billed and runs >= attempts_in_job(job)
         return CostStatement(billing=Billing.BILLED if complete else Billing.PARTIAL, billed_runs=runs, **base)
-    if is_terminal(job.status) and job.runpod_job_id is None and job.attempts == 1:
+    if is_terminal(job.status) and job.runpod_job_id is None and attempts_in_job(job) == 1:
         return CostStatement(billing=Billing.NONE, **base)
-    measured = _measured_seconds(job)
+    measured = measured_run_seconds(job)
     measured_usd = round(measured * price, 6) if measured is not None and price is not None else None
-    return CostStatement(billing=Billing.PENDING, measured_seconds=measured, measured_usd=measured_usd, **base)
+    return CostStatement(billing=Billing.PENDING, measured_seconds=measured, measured_usd=measured_usd,
+                         measured_attempts=attempts_in_job(job), **base)

@@ -8,7 +8,6 @@ one owner's notifications (DESIGN §1).
 from __future__ import annotations
 
 import re
-from datetime import datetime
 
 from pydantic import BaseModel, Field
 
@@ -17,7 +16,7 @@ from ..models.dataset import Dataset
 from ..models.errors import ErrorKind
 from ..models.job import Job
 from ..models.status import JobStatus
-from .cost_statement import Billing, CostStatement, cost_statement, format_seconds, money
+from .cost_statement import Billing, CostStatement, attempts_in_job, cost_statement, format_seconds, measured_run_seconds, money
 
 SUBJECT_MAX = 99
 """SNS: a subject is ASCII, one line, and fewer than 100 characters."""
@@ -60,8 +59,17 @@ def _subject(text: str) -> str:
     return one_line if len(one_line) <= SUBJECT_MAX else one_line[: SUBJECT_MAX - 3].rstrip() + "..."
 
 
-def _duration(start: datetime | None, end: datetime | None) -> str | None:
-    return None if start is None or end is None else format_seconds((end - start).total_seconds())
+def _duration(job: Job) -> str | None:
+    """What an ended job took: the run time measured over its attempts (never the first start to the end, which counts queue
+    waits between attempts), then the wall time since it was created."""
+    if job.finished_at is None:
+        return None
+    since = f"{format_seconds((job.finished_at - job.created_at).total_seconds())} since created"
+    run = measured_run_seconds(job)
+    if run is None:
+        return f"{since}; no run time measured"
+    attempts = attempts_in_job(job)
+    return f"run time {format_seconds(run)}" + (f" over {attempts} attempts" if attempts > 1 else "") + f"; {since}"
 
 
 def job_label(job: Job) -> str:
@@ -145,7 +153,7 @@ def job_email(job: Job, *, previous_status: JobStatus | None, bucket: str, datas
         ("Dataset", job.dataset_id),
         ("Attempt", str(job.attempts) if job.attempts > 1 else None),
         ("GPU", job.gpu_class),
-        ("Duration", _duration(job.started_at, job.finished_at)),
+        ("Duration", _duration(job)),
         ("Steps", _steps_line(job)),
         ("Final loss" if status == JobStatus.SUCCEEDED else "Last loss", f"{final_loss:.4f}" if final_loss is not None else None),
         *_cost_rows(job, statement),
