@@ -197,9 +197,11 @@ def test_download_verifies_the_checksum(api: FakeApi, tmp_path: Path, capsys: py
     content = b"safetensors bytes"
     api.routes[("GET", "/files/lora.safetensors")] = (200, content)
     api.routes[("GET", "/files/ckpt.safetensors")] = (200, b"tampered")
+    lora = {"kind": "final", "step": 30, "key": "jobs/a/job_1/final/lora.safetensors", "name": "lora.safetensors", "size": len(content),
+            "sha256": hashlib.sha256(content).hexdigest()}
+    api.routes[("GET", "/v1/jobs/job_1")] = (200, job("succeeded", 30, result={"lora": lora, "files": [lora | {"part": None}], "steps": 30}))
     api.routes[("GET", "/v1/jobs/job_1/artifacts")] = (200, {"items": [
-        {"kind": "final", "step": 30, "key": "jobs/a/job_1/final/lora.safetensors", "name": "lora.safetensors", "size": len(content),
-         "sha256": hashlib.sha256(content).hexdigest(), "url": f"{api.url}/files/lora.safetensors", "expires_at": "x"},
+        lora | {"url": f"{api.url}/files/lora.safetensors", "expires_at": "x"},
         {"kind": "checkpoint", "step": 10, "key": "jobs/a/job_1/checkpoints/ckpt.safetensors", "name": "ckpt.safetensors", "size": 8,
          "sha256": hashlib.sha256(b"original").hexdigest(), "url": f"{api.url}/files/ckpt.safetensors", "expires_at": "x"},
     ]})
@@ -214,6 +216,74 @@ def test_download_verifies_the_checksum(api: FakeApi, tmp_path: Path, capsys: py
     assert not (tmp_path / "ckpt.safetensors").exists() and not list(tmp_path.glob("*.part"))
     assert run(api, "jobs", "download", "job_1", "--checkpoint", "99") == 1
     assert "no checkpoint at step 99; stored steps: 10" in capsys.readouterr().err
+
+
+def split_lora(api: FakeApi, step: int, kind: str = "final") -> list[dict[str, Any]]:
+    """A Wan 2.2 14B save as the artifacts route lists it: one file per expert, each served at a presigned URL."""
+    items = []
+    for part in ("high_noise", "low_noise"):
+        name = f"job_1_{part}.safetensors" if kind == "final" else f"job_1_{step:09d}_{part}.safetensors"
+        body = f"{kind}-{step}-{part}".encode()
+        api.routes[("GET", f"/files/{name}")] = (200, body)
+        items.append({"kind": kind, "step": step, "key": f"jobs/a/job_1/{kind}/{name}", "name": name, "size": len(body),
+                      "sha256": hashlib.sha256(body).hexdigest(), "url": f"{api.url}/files/{name}", "expires_at": "x"})
+    return items
+
+
+def result_files(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The job's `result.files` for listed artifacts: no URL, the expert named."""
+    return [{k: v for k, v in f.items() if k not in ("url", "expires_at")} | {"part": "high_noise" if "high_noise" in f["name"] else "low_noise"}
+            for f in items]
+
+
+def test_download_of_a_split_lora_writes_every_file_of_it(api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a succeeded Wan 2.2 14B job whose result is two files (one per expert), and split checkpoints at steps 10 and 20
+    finals = split_lora(api, 30)
+    checkpoints = split_lora(api, 10, "checkpoint") + split_lora(api, 20, "checkpoint")
+    files = result_files(finals)
+    api.routes[("GET", "/v1/jobs/job_1")] = (200, job("succeeded", 30, result={"lora": files[0], "files": files, "steps": 30}))
+    api.routes[("GET", "/v1/jobs/job_1/artifacts")] = (200, {"items": checkpoints + finals})
+
+    # When the LoRA is downloaded (as JSON), then the latest checkpoint
+    assert run(api, "jobs", "download", "job_1", "-o", str(tmp_path / "lora"), "--json") == 0
+    listed = json.loads(capsys.readouterr().out)["files"]
+    assert run(api, "jobs", "download", "job_1", "--checkpoint", "latest", "-o", str(tmp_path / "ckpt")) == 0
+
+    # Then both expert files of the LoRA are written and checked, each named with its expert, and both files of step 20
+    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == ["job_1_high_noise.safetensors", "job_1_low_noise.safetensors"]
+    assert (tmp_path / "lora" / "job_1_low_noise.safetensors").read_bytes() == b"final-30-low_noise"
+    assert [(f["kind"], f["part"]) for f in listed] == [("final", "high_noise"), ("final", "low_noise")]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [f"job_1_000000020_{part}.safetensors" for part in ("high_noise", "low_noise")]
+
+
+def test_download_refuses_half_a_lora_when_a_file_of_it_is_gone(api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a split LoRA result whose low-noise file is no longer listed among the job's artifacts
+    finals = split_lora(api, 30)
+    files = result_files(finals)
+    api.routes[("GET", "/v1/jobs/job_1")] = (200, job("succeeded", 30, result={"lora": files[0], "files": files, "steps": 30}))
+    api.routes[("GET", "/v1/jobs/job_1/artifacts")] = (200, {"items": finals[:1]})
+
+    # When the LoRA is downloaded
+    code = run(api, "jobs", "download", "job_1", "-o", str(tmp_path))
+
+    # Then nothing is written and the missing file is named
+    assert code == 1 and "job_1_low_noise.safetensors of the job's LoRA is no longer stored" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_show_lists_every_file_of_a_split_lora(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a succeeded job whose LoRA is two files
+    files = [{"kind": "final", "step": 30, "key": f"jobs/a/job_1/final/job_1_{p}.safetensors", "size": 2048, "sha256": "0" * 64, "part": p}
+             for p in ("high_noise", "low_noise")]
+    api.routes[("GET", "/v1/jobs/job_1")] = (200, job("succeeded", 30, result={"lora": files[0], "files": files, "steps": 30}))
+
+    # When it is shown
+    assert run(api, "jobs", "show", "job_1") == 0
+
+    # Then each file has its line, naming its expert
+    out = capsys.readouterr().out
+    assert "jobs/a/job_1/final/job_1_high_noise.safetensors (2.0 KB, high_noise)" in out
+    assert "jobs/a/job_1/final/job_1_low_noise.safetensors (2.0 KB, low_noise)" in out
 
 
 def test_dataset_upload_zips_the_folder_posts_it_and_prints_rejections(api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

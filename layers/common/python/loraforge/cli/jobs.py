@@ -19,9 +19,11 @@ def print_job(job: dict[str, Any]) -> None:
     for key in ("created_at", "started_at", "finished_at"):
         if job.get(key):
             print(f"  {key:<11}{job[key]}")
-    lora = (job.get("result") or {}).get("lora")
-    if lora:
-        print(f"  lora       {lora.get('key')} ({format_bytes(lora.get('size'))})")
+    result = job.get("result") or {}
+    files = result.get("files") or ([result["lora"]] if result.get("lora") else [])
+    for file in files:  # a LoRA saved as one file per expert (Wan 2.2 14B) has a line per file, naming its expert
+        part = f", {file['part']}" if file.get("part") else ""
+        print(f"  lora       {file.get('key')} ({format_bytes(file.get('size'))}{part})")
 
 
 def watch(api: ApiClient, job_id: str, args: argparse.Namespace) -> int:
@@ -120,7 +122,36 @@ def _show_or_watch(api: ApiClient, job: dict, args: argparse.Namespace, headline
     return 0
 
 
-def select_artifacts(artifacts: list[dict[str, Any]], *, checkpoint: str | None, everything: bool) -> list[dict[str, Any]]:
+def _newest_step(artifacts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every file of the newest step (a Wan 2.2 14B checkpoint or final LoRA is one file per expert)."""
+    newest = max((a.get("step") or 0) for a in artifacts)
+    return [a for a in artifacts if (a.get("step") or 0) == newest]
+
+
+def result_artifacts(job: dict[str, Any], artifacts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every file of the job's LoRA (`result.files`), as the artifacts route lists them (with presigned URLs).
+
+    A job finished before `result.files` existed: every final file of its newest step, else the one `result.lora`."""
+    by_key = {a.get("key"): a for a in artifacts}
+    result = job.get("result") or {}
+    wanted = result.get("files") or []
+    if wanted:
+        missing = [f.get("name") or f.get("key") for f in wanted if f.get("key") not in by_key]
+        if missing:
+            raise CliError(f"{', '.join(str(m) for m in missing)} of the job's LoRA is no longer stored; nothing was downloaded")
+        return [by_key[f["key"]] for f in wanted]
+    finals = [a for a in artifacts if a.get("kind") == "final"]
+    if finals:
+        return _newest_step(finals)
+    lora = result.get("lora") or {}
+    if lora.get("key") in by_key:
+        return [by_key[lora["key"]]]
+    raise CliError("the job has no final LoRA (yet); use --checkpoint STEP or --all")
+
+
+def select_artifacts(artifacts: list[dict[str, Any]], *, checkpoint: str | None, everything: bool,
+                     job: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """`--all`: everything; `--checkpoint STEP|latest`: every file of that checkpoint; default: every file of the job's LoRA."""
     if everything:
         return artifacts
     if checkpoint is not None:
@@ -128,7 +159,7 @@ def select_artifacts(artifacts: list[dict[str, Any]], *, checkpoint: str | None,
         if not checkpoints:
             raise CliError("the job has no checkpoints")
         if checkpoint == "latest":
-            return [max(checkpoints, key=lambda a: a.get("step") or 0)]
+            return _newest_step(checkpoints)
         try:
             step = int(checkpoint)
         except ValueError as exc:
@@ -137,15 +168,14 @@ def select_artifacts(artifacts: list[dict[str, Any]], *, checkpoint: str | None,
         if not chosen:
             raise CliError(f"no checkpoint at step {step}; stored steps: {', '.join(str(a.get('step')) for a in checkpoints)}")
         return chosen
-    finals = [a for a in artifacts if a.get("kind") == "final"]
-    if not finals:
-        raise CliError("the job has no final LoRA (yet); use --checkpoint STEP or --all")
-    return finals
+    return result_artifacts(job or {}, artifacts)
 
 
 @command
 def cmd_download(args: argparse.Namespace, api: ApiClient) -> int:
-    chosen = select_artifacts(list_artifacts(api, args.job_id), checkpoint=args.checkpoint, everything=args.all)
+    job = api.get(f"/v1/jobs/{args.job_id}") if args.checkpoint is None and not args.all else None
+    chosen = select_artifacts(list_artifacts(api, args.job_id), checkpoint=args.checkpoint, everything=args.all, job=job)
+    parts = {f.get("key"): f.get("part") for f in ((job or {}).get("result") or {}).get("files") or []}
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -158,9 +188,12 @@ def cmd_download(args: argparse.Namespace, api: ApiClient) -> int:
             dest_dir = out_dir
         dest = dest_dir / name
         size = download_url(artifact["url"], dest, expected_sha256=artifact.get("sha256"))
-        written.append({"path": str(dest), "size": size, "kind": artifact.get("kind"), "step": artifact.get("step"), "key": artifact.get("key")})
+        part = parts.get(artifact.get("key"))
+        written.append({"path": str(dest), "size": size, "kind": artifact.get("kind"), "step": artifact.get("step"), "key": artifact.get("key")}
+                       | ({"part": part} if part else {}))
         if not args.json:
-            print(f"{dest}  ({format_bytes(size)}, {artifact.get('kind')} step {artifact.get('step')}, sha256 verified)")
+            expert = f", {part}" if part else ""
+            print(f"{dest}  ({format_bytes(size)}, {artifact.get('kind')} step {artifact.get('step')}{expert}, sha256 verified)")
     if args.json:
         print_json({"files": written})
     return 0
@@ -220,9 +253,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     watch_flags(retry)
     retry.set_defaults(func=cmd_retry)
 
-    download = sub.add_parser("download", parents=[parent], help="Download the final LoRA (or a checkpoint, or everything)")
+    download = sub.add_parser("download", parents=[parent],
+                              help="Download the job's LoRA, every file of it (or a checkpoint, or everything)")
     download.add_argument("job_id")
-    download.add_argument("--checkpoint", metavar="STEP", help="A checkpoint step (or 'latest') instead of the final LoRA")
+    download.add_argument("--checkpoint", metavar="STEP", help="A checkpoint step (or 'latest') instead of the LoRA: every file of that step")
     download.add_argument("--all", action="store_true", help="Every artifact: checkpoints, samples, logs, config, metrics")
     download.add_argument("-o", "--output", default=".", help="Folder to write to (default: the current one)")
     download.set_defaults(func=cmd_download)

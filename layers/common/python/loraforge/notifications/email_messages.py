@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from ..dal.keys import dataset_prefix, job_prefix
 from ..models.dataset import Dataset
 from ..models.errors import ErrorKind
-from ..models.job import Job
+from ..models.job import Job, JobResult
 from ..models.status import JobStatus
 from .cost_statement import Billing, CostStatement, attempts_in_job, cost_statement, format_seconds, measured_run_seconds, money
 
@@ -111,6 +111,23 @@ def _table(rows: list[tuple[str, str | None]]) -> list[str]:
     return [f"  {label:<12}{value}" for label, value in rows if value not in (None, "")]
 
 
+def _lora_rows(result: JobResult, bucket: str) -> list[tuple[str, str | None]]:
+    """Where every file of the result is (Wan 2.2 14B: one per expert, needed together), and how it was trained when a
+    resumed attempt's trainer did not continue from its checkpoint."""
+    rows: list[tuple[str, str | None]]
+    if len(result.files) > 1:
+        rows = [("LoRA", f"{len(result.files)} files, one per expert; load them together")]
+        rows += [("", f"s3://{bucket}/{f.key} ({f.part or 'file'}, {f.size:,} bytes)") for f in result.files]
+    else:
+        lora = result.files[0] if result.files else result.lora
+        rows = [("LoRA", f"s3://{bucket}/{lora.key}"), ("Size", f"{lora.size:,} bytes")] if lora else []
+    resume = result.resume
+    if resume is not None and not resume.honoured:
+        rows.append(("Trained", f"from step {resume.started_step}: the trainer did not resume from the step-{resume.requested_step} "
+                                "checkpoint, so it trained those steps again"))
+    return rows
+
+
 def _dataset_reasons(dataset: Dataset, limit: int = 10) -> list[str]:
     lines = [f"  {err.code}: {err.message}" for err in dataset.errors]
     lines += [f"  {item.key}: {item.reason} - {item.message}" for item in dataset.rejected_sample[:limit]]
@@ -174,8 +191,8 @@ def job_email(job: Job, *, previous_status: JobStatus | None, bucket: str, datas
         lines += ["", "What to do next", "  " + _RETRY_HINT.format(id=job.id)]
 
     lines += ["", "Artifacts"]
-    if status == JobStatus.SUCCEEDED and job.result and job.result.lora:
-        lines += _table([("LoRA", f"s3://{bucket}/{job.result.lora.key}"), ("Size", f"{job.result.lora.size:,} bytes")])
+    if status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED) and job.result and job.result.lora:
+        lines += _table(_lora_rows(job.result, bucket))
     if status == JobStatus.RUNNING:
         lines += _table([("Follow", f"loraforge jobs watch {job.id}"), ("Files", f"{prefix} (checkpoints/, samples/ as they arrive)")])
     else:
