@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from loraforge.dal.jobs_table import JobsTable
 from loraforge.logic.cancel_job import cancel_job
 from loraforge.logic.retry_job import retry_job
 from loraforge.models import ArtifactKind, Conflict, EventType, JobStatus, NotFound
@@ -176,6 +177,33 @@ def test_retry_of_a_failed_job_resumes_from_its_newest_checkpoint(plane: Control
     assert worker_input.resume is not None and worker_input.resume.step == 20
     assert "ohwx_000000020.safetensors" in worker_input.resume.checkpoint_url
     assert worker_input.resume.optimizer_url is not None and "optimizer_000000020.pt" in worker_input.resume.optimizer_url
+
+
+def test_a_retry_that_died_before_its_created_event_is_completed_by_the_next_call(plane: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a failed job, and a retry call that dies right after writing the new job (before its `created` event)
+    job = running_job(plane)
+    plane.runpod.fail(job.runpod_job_id or "", "GPU_OOM: out of memory", output=plane.result(job, status="failed"))
+    plane.runpod_webhook(job.id, plane.runpod.webhook_body(job.runpod_job_id or ""))
+    real_append = JobsTable.append_event
+
+    def dies_on_created(self: JobsTable, job_id: str, type_: EventType, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if type_ == EventType.CREATED and kwargs.get("dedupe_key") is None:
+            raise ConnectionError("Lambda timed out")
+        return real_append(self, job_id, type_, *args, **kwargs)
+
+    with monkeypatch.context() as crash:
+        crash.setattr(JobsTable, "append_event", dies_on_created)
+        with pytest.raises(ConnectionError):
+            retry_job(job.owner, job.id)
+
+    # When the owner calls retry again, twice
+    retried = retry_job(job.owner, job.id)
+    again = retry_job(job.owner, job.id)
+
+    # Then both return the job the first call wrote, and it has exactly one `created` event
+    assert retried.id == again.id == plane.job(job.id).retried_by
+    created = [e for e in plane.table.list_events(retried.id) if e.type == EventType.CREATED]
+    assert len(created) == 1 and created[0].data["retry_of"] == job.id and created[0].data["attempt"] == 2
 
 
 def test_retry_of_a_job_that_is_not_failed_or_cancelled_is_409(plane: ControlPlane) -> None:

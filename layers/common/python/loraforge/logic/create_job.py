@@ -188,16 +188,23 @@ def _created_event(job: Job) -> dict[str, Any]:
             "total_steps": job.hyperparameters.steps, "estimated_usd": job.cost.estimated_usd}
 
 
+def record_created_once(table: JobsTable, job: Job, data: dict[str, Any]) -> None:
+    """Add `job`'s `created` event unless it has one: an earlier call wrote the job and may have died before its event.
+
+    The event is among the job's first few (dispatch only adds events after the job exists); the dedupe marker keeps
+    two racing recoveries from both adding it.
+    """
+    if not any(event.type == EventType.CREATED for event in table.list_events(job.id, limit=10)):
+        table.append_event(job.id, EventType.CREATED, data, dedupe_key="created", at=job.created_at)
+
+
 def _written_before(table: JobsTable, exists: JobExists, fingerprint: str) -> Job:
     """The key's job is already in the table: an earlier attempt wrote it and died before its idempotency record
     said so. The same request gets that job; another request is a reused key."""
     existing = exists.existing
     if existing is None or exists.request_fingerprint != fingerprint:
         raise _key_reused()
-    # The earlier attempt may have died before the `created` event (it is among the first few: dispatch can only add
-    # events after the job exists). The dedupe marker keeps two racing recoveries from adding it twice.
-    if not any(event.type == EventType.CREATED for event in table.list_events(existing.id, limit=10)):
-        table.append_event(existing.id, EventType.CREATED, _created_event(existing), dedupe_key="created", at=existing.created_at)
+    record_created_once(table, existing, _created_event(existing))
     metrics.add_metric(name="JobCreationsRecovered", unit=MetricUnit.Count, value=1)
     logger.warning("job creation recovered: an earlier attempt with this idempotency key wrote the job and died",
                    extra={"job_id": existing.id, "owner": existing.owner, "status": str(existing.status)})

@@ -8,6 +8,8 @@ dispatches it like any other. Retrying the same job twice returns the job the fi
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..dal.jobs_table import JobsTable
 from ..models.common import new_id, utcnow
 from ..models.errors import Conflict
@@ -16,6 +18,7 @@ from ..models.job import Cost, Job, JobSource, Progress
 from ..models.status import JobStatus
 from ..observability import logger
 from .checkpoints import newest_checkpoint
+from .create_job import record_created_once
 
 RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
 
@@ -29,7 +32,7 @@ def retry_job(owner: str, job_id: str) -> Job:
     if old.retried_by:
         existing = table.get_job(old.retried_by)
         if existing is not None:
-            return existing
+            return _made_before(table, existing)
         # The first retry claimed the id and stopped before writing the job: finish its work under that id.
         return _create_retry(table, old, old.retried_by)
     new_job_id = new_id("job")
@@ -39,7 +42,7 @@ def retry_job(owner: str, job_id: str) -> Job:
         fresh = table.get_job(old.id)
         if fresh is not None and fresh.retried_by:
             existing = table.get_job(fresh.retried_by)
-            return existing or _create_retry(table, fresh, fresh.retried_by)
+            return _made_before(table, existing) if existing else _create_retry(table, fresh, fresh.retried_by)
         raise Conflict(f"job {job_id} changed while being retried; try again", code="CONCURRENT_UPDATE")
     return _create_retry(table, old, new_job_id)
 
@@ -64,9 +67,18 @@ def _create_retry(table: JobsTable, old: Job, new_job_id: str) -> Job:
     except Conflict:
         existing = table.get_job(new_job_id)
         if existing is not None:
-            return existing
+            return _made_before(table, existing)
         raise
-    table.append_event(job.id, EventType.CREATED, {"source": "retry", "retry_of": old.id, "attempt": job.attempts,
-                                                   "resume_step": resume_step or None})
+    table.append_event(job.id, EventType.CREATED, _created_event(job))
     logger.info("job retried", extra={"job_id": job.id, "retry_of": old.id, "resume_step": resume_step})
     return job
+
+
+def _created_event(job: Job) -> dict[str, Any]:
+    return {"source": "retry", "retry_of": job.retry_of, "attempt": job.attempts, "resume_step": job.resume_from.step if job.resume_from else None}
+
+
+def _made_before(table: JobsTable, existing: Job) -> Job:
+    """The retry job an earlier call made; that call may have died between the job and its `created` event."""
+    record_created_once(table, existing, _created_event(existing))
+    return existing
