@@ -34,7 +34,7 @@ from ..datasets.archive import SafeArchive, UnsafeArchive
 from ..datasets.drop_config import MAX_DROP_CONFIG_BYTES, DropConfigError, dataset_name, find_config_entry, parse_drop_config
 from ..datasets.rules import ValidationRules, generic_rules, rules_for_preset
 from ..datasets.validate import MEDIA_SUFFIXES, ValidationReport, validate_archive
-from ..models.common import utcnow
+from ..models.common import stable_id, utcnow
 from ..models.dataset import Dataset, DatasetError, DatasetKind
 from ..models.errors import Conflict, InvalidTransition, LoraforgeError
 from ..models.job import JobSource
@@ -55,14 +55,12 @@ from .ingest_dataset import (
     validated_outcome,
 )
 
-_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # models.common.new_id's alphabet
 RECENT_JOBS_SCANNED = 25
 
 
 def drop_dataset_id(bucket: str, key: str, content_identity: str) -> str:
-    """`ds_` + 20 base-32 digits of sha256(bucket/key + identity): every delivery of one drop names one dataset."""
-    n = int.from_bytes(hashlib.sha256(f"{bucket}/{key}\n{content_identity}".encode()).digest()[:13], "big")
-    return "ds_" + "".join(_ID_ALPHABET[(n >> (5 * i)) & 31] for i in range(19, -1, -1))
+    """A dataset id derived from the drop (bucket, key, content identity): every delivery of one drop names one dataset."""
+    return stable_id("ds", bucket, key, content_identity)
 
 
 def ingest_drop(ref: keys.DropRef, *, version_id: str | None, etag: str | None, size: int | None,
