@@ -160,7 +160,8 @@ class JobRun:
         if time.monotonic() >= deadline:
             raise WorkerFailure(WorkerErrorCode.TIMEOUT, f"the time limit ({inp.time_limit_seconds} s) ran out before training started")
         self.session = session = TrainingSession(inp.spec, layout, run, self.uploader, events, attempt=inp.attempt,
-                                                 sample_poll_seconds=self.runtime.sample_poll_seconds)
+                                                 sample_poll_seconds=self.runtime.sample_poll_seconds,
+                                                 resume_step=inp.resume.step if inp.resume else None)
         session.upload_later(run.config_path, ArtifactKind.CONFIG, 0, f"config-a{inp.attempt}{run.config_path.suffix}", None)
         started = time.monotonic()
         code = await session.execute(deadline, self.runtime.stop_grace_seconds)
@@ -284,7 +285,8 @@ class JobRun:
             steps = inp.spec.hyperparameters.steps
         return WorkerResult(job_id=inp.job_id, attempt=inp.attempt, status=status, steps=steps,  # type: ignore[arg-type]
                             total_steps=inp.spec.hyperparameters.steps, final_loss=session.last_loss if session else None,
-                            final=self.final, artifacts=artifacts, timings=self.timings, error=error)
+                            final=self.final, artifacts=artifacts, timings=self.timings, error=error,
+                            resume=session.resume_check.report if session and session.resume_check else None)
 
     def _cleanup(self) -> None:
         if self.session is not None:

@@ -26,6 +26,7 @@ from typing import TextIO
 
 from loraforge.contract import TrainingSpec, WorkerErrorCode, WorkerEventType
 from loraforge.models.artifact import Artifact, ArtifactKind
+from loraforge.models.job import ResumeReport
 
 from .engines.base import EngineRun, RunLayout, saved_files
 from .engines.output_parser import (
@@ -42,6 +43,7 @@ from .engines.output_parser import (
 from .engines.process import EngineProcess
 from .errors import WorkerFailure
 from .events import EventSender
+from .resume_check import RESUME_NOT_HONOURED, ResumeCheck, not_honoured_message
 from .safetensors_header import is_complete, training_step
 from .uploader import Uploader, UploadError
 
@@ -54,7 +56,9 @@ TAIL_LINES = 40
 
 class TrainingSession:
     def __init__(self, spec: TrainingSpec, layout: RunLayout, run: EngineRun, uploader: Uploader, events: EventSender, *,
-                 attempt: int, sample_poll_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 attempt: int, sample_poll_seconds: float, clock: Callable[[], float] = time.monotonic,
+                 resume_step: int | None = None) -> None:
+        """`resume_step`: the step of the checkpoint placed for the engine to resume from (checked: `resume_check`)."""
         self.spec = spec
         self.layout = layout
         self.run = run
@@ -83,6 +87,7 @@ class TrainingSession:
         self._log_bytes = 0
         self._log_file: TextIO | None = None
         self._started_at = 0.0
+        self.resume_check = ResumeCheck(resume_step) if resume_step else None
 
     # -- running ----------------------------------------------------------------------------------
     async def execute(self, deadline: float | None, stop_grace_seconds: float) -> int:
@@ -102,6 +107,8 @@ class TrainingSession:
         finally:
             for task in watchers:
                 task.cancel()
+        if self.resume_check is not None and (report := self.resume_check.on_end()) is not None:
+            self._on_resume_report(report)
         await self._scan_samples()
         return code
 
@@ -155,6 +162,8 @@ class TrainingSession:
         if isinstance(sig, LogLine):
             self._write_log(sig.text)
         elif isinstance(sig, Progress):
+            if self.resume_check is not None and (report := self.resume_check.on_progress(sig.step)) is not None:
+                self._on_resume_report(report)
             if sig.step <= self.last_step:
                 return  # the bar's first draw (step 0 or the resumed step) and redraws of a step already reported
             self.last_step = sig.step
@@ -168,8 +177,22 @@ class TrainingSession:
             await self._on_optimizer(sig)
         elif isinstance(sig, Resumed):
             self.last_step = max(self.last_step, sig.step)
+            if self.resume_check is not None:
+                self.resume_check.on_claim(sig.step)
         elif isinstance(sig, (OomSkipped, EngineError, Stopped)):
             log.info("engine signal: %s", sig)
+
+    def _on_resume_report(self, report: ResumeReport) -> None:
+        """A resume the engine did not honour is said, never hidden: a warning event with both steps, and progress from
+        where the engine really is (the steps it trains again are reported again)."""
+        if report.honoured:
+            log.info("the engine resumed from step %s as asked", report.started_step)
+            return
+        self.last_step = report.started_step
+        message = not_honoured_message(report, self.total)
+        log.warning("%s", message)
+        self.events.emit(WorkerEventType.LOG, {"lines": [message], "level": "warning", "code": RESUME_NOT_HONOURED,
+                                               "expected_step": report.requested_step, "actual_step": report.started_step})
 
     def _write_log(self, text: str) -> None:
         self.tail.append(text)

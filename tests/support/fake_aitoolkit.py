@@ -14,6 +14,10 @@ Behaviour knobs (environment):
   FAKE_AITK_ASCII         1: `#` bar blocks (a non-UTF-8 stream)
   FAKE_AITK_CRASH_AT      step at which `crash` mode fails (default: half way)
   FAKE_AITK_LORA_BYTES    tensor bytes in each LoRA file (default 16), for realistic upload sizes in benchmarks
+  FAKE_AITK_RESUME        honour (default: continue from the newest checkpoint in the folder) | ignore (train from step 0
+                          without a word about the checkpoint) | restart (print that it resumes, then train from step 0
+                          anyway, as AI-Toolkit issue #1058 reports)
+Like tqdm (created with `initial=<start step>`), the bar is first drawn at the step training starts from.
 """
 
 from __future__ import annotations
@@ -94,8 +98,9 @@ def main() -> int:
     print(f"  -  Found {len(images)} images")
     print(f"create LoRA network. base dim (rank): {process['network']['linear']}, alpha: {process['network']['linear_alpha']}")
     start = 0
+    resume_mode = os.environ.get("FAKE_AITK_RESUME", "honour")
     saves = sorted(root.glob(f"{name}*.safetensors"), key=lambda p: p.stat().st_ctime)
-    if saves:
+    if saves and resume_mode != "ignore":
         latest = saves[-1]
         print(f"#### IMPORTANT RESUMING FROM {latest} ####")
         print(f"Loading from {latest}")
@@ -104,6 +109,8 @@ def main() -> int:
         if (root / "optimizer.pt").exists():
             print(f"Loading optimizer state from {root / 'optimizer.pt'}")
             print("Updating optimizer LR from params")
+        if resume_mode == "restart":
+            start = 0
     print("Skipping first sample due to config setting")
     sys.stdout.flush()
 
@@ -139,6 +146,10 @@ def main() -> int:
 
     crash_at = int(os.environ.get("FAKE_AITK_CRASH_AT", str(max(1, total // 2))))
     began = time.monotonic()
+    blocks = int(10 * start / total)
+    sys.stderr.write(f"\r{name}: {int(100 * start / total):3d}%|{('#' if ascii_bar else '█') * blocks}{' ' * (10 - blocks)}| "
+                     f"{start}/{total} [00:00<?, ?it/s]")
+    sys.stderr.flush()
     try:
         oom = 0
         for step in range(start, total):

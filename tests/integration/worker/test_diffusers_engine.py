@@ -66,6 +66,9 @@ def test_resume_from_a_stored_checkpoint_continues_exactly_where_the_run_left_of
     assert steps == [9, 10, 11, 12]
     log = read_object(storage, f"{second.output.prefix}logs/train-a2.log").decode()
     assert "Found step 8 in metadata, starting from there" in log and "Loading optimizer state" in log
+    # and the worker's resume check agrees: honoured, no RESUME_NOT_HONOURED warning
+    assert resumed["resume"] == {"requested_step": 8, "started_step": 8, "honoured": True}
+    assert not [e for e in receiver.events("job_full") if e["type"] == "log" and e["data"].get("code") == "RESUME_NOT_HONOURED"]
     (tmp_path / "a.safetensors").write_bytes(read_object(storage, out["final"]["key"]))
     (tmp_path / "b.safetensors").write_bytes(read_object(storage, resumed["final"]["key"]))
     a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
