@@ -51,6 +51,8 @@ def job_detail(job: Job, previous_status: JobStatus | None, *, bucket: str, cost
             "lora_key": job.result.lora.key if job.result.lora else None,
             "lora_sha256": job.result.lora.sha256 if job.result.lora else None,
             "lora_size": job.result.lora.size if job.result.lora else None,
+            # every file of the LoRA (Wan 2.2 14B: one per expert; the lora_* fields above are the first)
+            "lora_files": [{"key": f.key, "sha256": f.sha256, "size": f.size, "part": f.part} for f in job.result.files],
             "steps": job.result.steps,
             "final_loss": job.result.final_loss,
         }
