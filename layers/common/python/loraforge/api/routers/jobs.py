@@ -26,7 +26,8 @@ TAGS = ["jobs"]
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="idempotency-key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
-           description="Any printable ASCII string up to 255 characters; the same key and body return the same job, for as long as that job exists; the same key with another body is 409"),
+           description="Any printable ASCII string up to 255 characters; the same key and body return the same job, "
+                       "for as long as that job exists; the same key with another body is 409"),
 ]
 
 
