@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loraforge.contract import RESUME_NOT_HONOURED
 from loraforge.models.job import ResumeReport
 
-RESUME_NOT_HONOURED = "RESUME_NOT_HONOURED"
+__all__ = ["RESUME_NOT_HONOURED", "ResumeCheck", "not_honoured_message"]
 
 
 @dataclass

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from loraforge.dal.storage import Storage
-from loraforge.models import ArtifactKind, EventType, JobStatus
+from loraforge.models import ArtifactKind, EventType, JobStatus, Progress
 from tests.integration.dispatch.helpers import ControlPlane
 from tests.support.events import load_event
 
@@ -181,6 +181,44 @@ def test_worker_events_apply_by_sequence_progress_never_goes_back(plane: Control
     assert {m.step for m in plane.table.list_metrics(job.id)} == {20, 25, 30}
     progress_events = [e for e in plane.table.list_events(job.id) if e.type == EventType.PROGRESS]
     assert sorted(e.data["worker_seq"] for e in progress_events) == [2, 3]
+
+
+def test_a_resume_the_engine_did_not_honour_takes_progress_back_once(plane: ControlPlane) -> None:
+    # Given a retried job that should resume at step 20 of 40, whose worker has started
+    job = plane.seed_job(steps=40, progress=Progress(step=20, total_steps=40, percent=50.0))
+    plane.dispatch(job.id)
+    plane.start_worker(job.id)
+    warning = {"lines": ["RESUME_NOT_HONOURED: ..."], "level": "warning", "code": "RESUME_NOT_HONOURED", "expected_step": 20, "actual_step": 0}
+
+    # When the worker says the engine started over at step 0
+    said = plane.worker_event(job.id, "log", 2, warning)
+
+    # Then the job's progress is where the engine trains from, not the checkpoint's step
+    assert said.status == 200 and plane.job(job.id).progress.step == 0
+
+    # When the engine's progress comes in, and the warning is delivered again
+    plane.worker_event(job.id, "progress", 3, {"step": 5, "total_steps": 40, "loss": 0.5})
+    again = plane.worker_event(job.id, "log", 2, warning)
+
+    # Then progress moves forward from there and the redelivery does not pull it back
+    assert again.body["status"] == "ignored"
+    assert plane.job(job.id).progress.step == 5
+    logs = [e for e in plane.table.list_events(job.id) if e.type == EventType.LOG and e.data.get("code") == "RESUME_NOT_HONOURED"]
+    assert len(logs) == 1 and (logs[0].data["expected_step"], logs[0].data["actual_step"]) == (20, 0)
+
+
+def test_a_malformed_resume_warning_is_refused_and_changes_nothing(plane: ControlPlane) -> None:
+    # Given a running job at step 20
+    job = plane.seed_job(steps=40, progress=Progress(step=20, total_steps=40, percent=50.0))
+    plane.dispatch(job.id)
+    plane.start_worker(job.id)
+
+    # When a RESUME_NOT_HONOURED warning arrives without its steps
+    answer = plane.worker_event(job.id, "log", 2, {"code": "RESUME_NOT_HONOURED", "lines": ["?"]})
+
+    # Then it is a 422 naming the problem, and progress is untouched
+    assert answer.status == 422 and answer.body["error"]["code"] == "INVALID_WORKER_EVENT"
+    assert plane.job(job.id).progress.step == 20
 
 
 def test_event_of_an_older_attempt_is_ignored(plane: ControlPlane) -> None:

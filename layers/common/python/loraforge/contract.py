@@ -205,6 +205,18 @@ class ProgressData(DomainModel):
     metrics: list[dict[str, Any]] = Field(default_factory=list, description="[{step, loss, lr}] since the last event")
 
 
+RESUME_NOT_HONOURED = "RESUME_NOT_HONOURED"
+
+
+class ResumeNotHonouredData(DomainModel):
+    """`data` of the warning LOG event a worker sends when the engine did not continue from the checkpoint it was given:
+    the steps from `actual_step` on are trained (and reported) again, so the job's progress goes back there."""
+
+    code: Literal["RESUME_NOT_HONOURED"]
+    expected_step: int = Field(ge=0)
+    actual_step: int = Field(ge=0)
+
+
 class Timings(DomainModel):
     download: float = 0.0
     prepare: float = 0.0

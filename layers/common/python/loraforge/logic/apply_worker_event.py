@@ -3,6 +3,8 @@
 Delivery is at least once and may be out of order, so every effect is idempotent:
 - events are keyed by (attempt, seq): a redelivery is recorded once (`dedupe_key`);
 - progress moves only forward (conditional on progress.step); metrics and artifacts are keyed by step/name;
+  the one way back is the worker's RESUME_NOT_HONOURED warning (the engine restarted below the checkpoint it was
+  given), applied once: only when that event is recorded for the first time;
 - an event of an older attempt, of a RunPod run other than the job's recorded one (`runpod_job_id`: a refused
   duplicate run may still report), or one after the job ended, changes nothing (200 `ignored`);
 - the first event moves `starting -> running`; the `started` event carries the dispatch token and
@@ -21,7 +23,16 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
-from ..contract import ProgressData, StartedData, WorkerErrorCode, WorkerEvent, WorkerEventType, WorkerResult
+from ..contract import (
+    RESUME_NOT_HONOURED,
+    ProgressData,
+    ResumeNotHonouredData,
+    StartedData,
+    WorkerErrorCode,
+    WorkerEvent,
+    WorkerEventType,
+    WorkerResult,
+)
 from ..dal.jobs_table import JobsTable
 from ..dal.storage import Storage
 from ..models.artifact import Artifact, ArtifactKind
@@ -85,9 +96,30 @@ def apply_worker_event(job_id: str, headers: Mapping[str, str], body: bytes) -> 
         _apply_artifact(table, job, event)
     else:
         _touch(table, job, event.at)
+    restart = _resume_not_honoured(event)
     _mark_running(table, job, event.at)
     recorded = table.append_event(job.id, EVENT_TYPES[event.type], _event_data(event), dedupe_key=_dedupe_key(event), at=event.at)
+    if recorded and restart is not None:
+        _restart_progress(table, job, restart)
     return applied() if recorded else ignored("duplicate delivery")
+
+
+def _resume_not_honoured(event: WorkerEvent) -> ResumeNotHonouredData | None:
+    if event.type != WorkerEventType.LOG or event.data.get("code") != RESUME_NOT_HONOURED:
+        return None
+    return _parse_event_data(ResumeNotHonouredData, event, "RESUME_NOT_HONOURED event data is invalid")
+
+
+def _restart_progress(table: JobsTable, job: Job, restart: ResumeNotHonouredData) -> None:
+    """The engine trains again from `actual_step`: the job says so instead of holding the checkpoint's step until the
+    engine passes it. Only on the event's first recording, so a redelivery cannot pull newer progress back."""
+    total = job.progress.total_steps
+    progress = Progress(step=restart.actual_step, total_steps=total,
+                        percent=round(min(100.0, 100.0 * restart.actual_step / total), 1) if total else 0.0)
+    table.update_job(job.id, set_fields={"progress": progress.model_dump(mode="json")}, only_if_status=ACTIVE,
+                     condition="attempts = :att AND progress.step > :step", values={":att": job.attempts, ":step": restart.actual_step})
+    logger.warning("the engine did not resume from the checkpoint; progress goes back to where it trains from",
+                   extra={"expected_step": restart.expected_step, "actual_step": restart.actual_step})
 
 
 def _dedupe_key(event: WorkerEvent) -> str:
