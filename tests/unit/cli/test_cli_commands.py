@@ -98,6 +98,29 @@ def test_jobs_show_human_and_json(api: FakeApi, capsys: pytest.CaptureFixture[st
     assert api.requests[0]["headers"]["Authorization"] == "Bearer tok"
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"cost": {"estimated_usd": 0.63, "actual_usd": 0.25, "billed_seconds": 1230.0}, "run_seconds": 1200.0},
+         ["cost       $0.2500 billed by RunPod for 20:30 of GPU time", "run time   20:00 measured"]),
+        ({"cost": {"estimated_usd": 0.63, "actual_usd": None}, "run_seconds": 2100.0, "attempts": 2},
+         ["estimate   $0.6300 (not billed by RunPod yet)", "run time   35:00 measured over 2 attempts"]),
+        ({"cost": {"estimated_usd": 0.63, "actual_usd": None}, "run_seconds": None}, ["estimate   $0.6300 (not billed by RunPod yet)"]),
+    ],
+)
+def test_jobs_show_says_how_sure_the_cost_is(api: FakeApi, capsys: pytest.CaptureFixture[str], fields: dict[str, Any],
+                                             expected: list[str]) -> None:
+    # Given a job billed by RunPod, one only measured so far (over two attempts), and one that never ran
+    api.routes[("GET", "/v1/jobs/job_1")] = (200, job("succeeded", 30) | fields)
+
+    # When it is shown
+    assert run(api, "jobs", "show", "job_1") == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+
+    # Then the cost line names its source: RunPod's bill, or an estimate not billed yet, plus the measured run time
+    assert [line for line in lines if line.startswith(("cost", "estimate", "run time"))] == expected
+
+
 def test_api_errors_print_code_and_message_without_traceback(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
     # Given the API refuses a retry of a running job
     api.routes[("POST", "/v1/jobs/job_1/retry")] = (409, {"error": {"code": "INVALID_TRANSITION", "message": "job_1 is running", "details": None}})

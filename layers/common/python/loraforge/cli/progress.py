@@ -163,12 +163,22 @@ def job_summary_lines(job: dict[str, Any]) -> list[str]:
         lines.append(f"  steps      {progress.get('step')}/{progress.get('total_steps')}")
     if isinstance(progress.get("loss"), int | float):
         lines.append(f"  loss       {progress['loss']:.4f}")
-    cost = job.get("cost") or {}
-    if cost.get("actual_usd") is not None:
-        lines.append(f"  cost       ${cost['actual_usd']:.4f}")
-    elif cost.get("estimated_usd") is not None:
-        lines.append(f"  estimate   ${cost['estimated_usd']:.4f}")
+    lines.extend(cost_lines(job))
     error = job.get("error")
     if error:
         lines.append(f"  error      {error.get('code')}: {error.get('message')} ({error.get('kind')})")
+    return lines
+
+
+def cost_lines(job: dict[str, Any]) -> list[str]:
+    """What the job cost, saying how sure the figure is: RunPod's bill, or the estimate plus the run time measured so far."""
+    cost, lines = job.get("cost") or {}, []
+    if cost.get("actual_usd") is not None:
+        billed = cost.get("billed_seconds")
+        lines.append(f"  cost       ${cost['actual_usd']:.4f} billed by RunPod" + (f" for {format_duration(billed)} of GPU time" if billed else ""))
+    elif cost.get("estimated_usd") is not None:
+        lines.append(f"  estimate   ${cost['estimated_usd']:.4f} (not billed by RunPod yet)")
+    if job.get("run_seconds"):
+        attempts = job.get("attempts") or 1
+        lines.append(f"  run time   {format_duration(job['run_seconds'])} measured" + (f" over {attempts} attempts" if attempts > 1 else ""))
     return lines
