@@ -222,5 +222,13 @@ class ControlPlane:
         return self.runpod.webhook_body(run_id)
 
 
+def stored_artifact(job: Job, kind: ArtifactKind, name: str, step: int) -> Artifact:
+    """A file the worker uploaded under the job's prefix, as its event describes it (the bytes are in S3)."""
+    key = keys.job_artifact_key(job.owner, job.id, str(kind), name)
+    body = f"{name}-bytes".encode()
+    Storage().put_bytes(key, body)
+    return Artifact(kind=kind, step=step, key=key, size=len(body), sha256=hashlib.sha256(body).hexdigest(), name=name)
+
+
 def price(gpu_class: str = "cpu") -> float:
     return get_settings().gpu_prices[gpu_class]

@@ -9,11 +9,9 @@ import hashlib
 import httpx
 
 from loraforge.contract import WorkerResult
-from loraforge.dal import keys
-from loraforge.dal.storage import Storage
 from loraforge.logic.cancel_job import cancel_job
 from loraforge.models import Artifact, ArtifactKind, Job, JobStatus
-from tests.integration.dispatch.helpers import ControlPlane
+from tests.integration.dispatch.helpers import ControlPlane, stored_artifact
 from tests.support.apigw import call_api
 
 PARTS = ("high_noise", "low_noise")
@@ -26,16 +24,10 @@ def running_job(plane: ControlPlane, preset: str, steps: int) -> Job:
     return plane.job(job.id)
 
 
-def stored(job: Job, kind: ArtifactKind, name: str, step: int) -> Artifact:
-    """A file the worker uploaded under the job's prefix, as it describes it."""
-    key = keys.job_artifact_key(job.owner, job.id, str(kind), name)
-    body = f"{name}-bytes".encode()
-    Storage().put_bytes(key, body)
-    return Artifact(kind=kind, step=step, key=key, size=len(body), sha256=hashlib.sha256(body).hexdigest(), name=name)
 
 
 def split_finals(job: Job) -> list[Artifact]:
-    return [stored(job, ArtifactKind.FINAL, f"{job.id}_{part}.safetensors", job.hyperparameters.steps) for part in PARTS]
+    return [stored_artifact(job, ArtifactKind.FINAL, f"{job.id}_{part}.safetensors", job.hyperparameters.steps) for part in PARTS]
 
 
 def complete_on_runpod(plane: ControlPlane, job: Job, finals: list[Artifact]) -> None:
@@ -90,7 +82,7 @@ def test_keep_latest_on_a_wan22_job_keeps_both_files_of_the_newest_checkpoint(pl
     job = running_job(plane, "wan22-14b", 1000)
     seq = 2
     for part in reversed(PARTS):
-        checkpoint = stored(job, ArtifactKind.CHECKPOINT, f"{job.id}_000000250_{part}.safetensors", 250)
+        checkpoint = stored_artifact(job, ArtifactKind.CHECKPOINT, f"{job.id}_000000250_{part}.safetensors", 250)
         assert plane.worker_event(job.id, "checkpoint", seq, checkpoint.model_dump(mode="json")).status == 200
         seq += 1
 

@@ -9,11 +9,9 @@ import hashlib
 import httpx
 
 from loraforge.contract import WorkerInput
-from loraforge.dal import keys
-from loraforge.dal.storage import Storage
 from loraforge.logic.retry_job import retry_job
-from loraforge.models import Artifact, ArtifactKind, Job, JobStatus
-from tests.integration.dispatch.helpers import ControlPlane
+from loraforge.models import ArtifactKind, Job, JobStatus
+from tests.integration.dispatch.helpers import ControlPlane, stored_artifact
 
 PARTS = ("_high_noise", "_low_noise")
 
@@ -25,19 +23,13 @@ def running_wan_job(plane: ControlPlane) -> Job:
     return plane.job(job.id)
 
 
-def stored(job: Job, kind: ArtifactKind, name: str, step: int) -> Artifact:
-    """A file the worker uploaded under the job's prefix, as its checkpoint event describes it."""
-    key = keys.job_artifact_key(job.owner, job.id, str(kind), name)
-    body = f"{name}-bytes".encode()
-    Storage().put_bytes(key, body)
-    return Artifact(kind=kind, step=step, key=key, size=len(body), sha256=hashlib.sha256(body).hexdigest(), name=name)
 
 
 def report_split_checkpoint(plane: ControlPlane, job: Job, step: int, seq: int) -> int:
     """The worker's events for one Wan 2.2 save: optimizer state, then the low- and high-noise files. Returns the next seq."""
     run = job.id  # AI-Toolkit's config.name is the job id: file names derive from it
-    artifacts = [stored(job, ArtifactKind.OPTIMIZER, f"optimizer_{step:09d}.pt", step),
-                 *(stored(job, ArtifactKind.CHECKPOINT, f"{run}_{step:09d}{part}.safetensors", step) for part in reversed(PARTS))]
+    artifacts = [stored_artifact(job, ArtifactKind.OPTIMIZER, f"optimizer_{step:09d}.pt", step),
+                 *(stored_artifact(job, ArtifactKind.CHECKPOINT, f"{run}_{step:09d}{part}.safetensors", step) for part in reversed(PARTS))]
     for artifact in artifacts:
         assert plane.worker_event(job.id, "checkpoint", seq, artifact.model_dump(mode="json")).status == 200
         seq += 1
