@@ -13,17 +13,10 @@ from loraforge.contract import Engine, ResumeFrom
 from loraforge.dal.storage import Storage
 from loraforge_worker.pipeline import handle
 from loraforge_worker.runtime import WorkerRuntime
-from tests.integration.worker.helpers import CallbackReceiver, dataset_zip, new_secret, put_dataset, read_object, tiny_sd_spec, worker_input
+from tests.integration.worker.helpers import dataset_zip, put_dataset, read_object, tiny_sd_spec, worker_input
 
 pytestmark = pytest.mark.slow
 OWNER = "carol"
-
-
-@pytest.fixture
-def receiver():
-    server = CallbackReceiver(secret=new_secret()).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -22,10 +22,8 @@ from loraforge.local.runpod_emulator import RunPodEmulator
 from loraforge_worker.engines.process import group_alive
 from loraforge_worker.safetensors_header import is_complete, read_metadata, training_step
 from tests.integration.worker.helpers import (
-    CallbackReceiver,
     dataset_zip,
     fake_toolkit_dir,
-    new_secret,
     objects_under,
     put_dataset,
     read_object,
@@ -54,13 +52,6 @@ def emulator(tmp_path_factory: pytest.TempPathFactory, model_cache: Path):
         yield emu
     finally:
         emu.stop()
-
-
-@pytest.fixture
-def receiver():
-    server = CallbackReceiver(secret=new_secret()).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

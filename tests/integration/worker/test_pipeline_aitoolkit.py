@@ -24,10 +24,8 @@ from tests.integration.worker.helpers import (
     StoredDataset,
     aitoolkit_spec,
     dataset_zip,
-    fake_toolkit_dir,
     ingest_manifest,
     mixed_dataset_zip,
-    new_secret,
     objects_under,
     put_dataset,
     read_object,
@@ -35,21 +33,6 @@ from tests.integration.worker.helpers import (
 )
 
 OWNER = "alice"
-
-
-@pytest.fixture
-def toolkit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = fake_toolkit_dir(tmp_path / "ai-toolkit")
-    monkeypatch.setenv("AI_TOOLKIT_DIR", str(folder))
-    monkeypatch.setenv("FAKE_AITK_STEP_SECONDS", "0.01")
-    return folder
-
-
-@pytest.fixture
-def receiver() -> CallbackReceiver:
-    server = CallbackReceiver(secret=new_secret()).start()
-    yield server
-    server.stop()
 
 
 def runtime(tmp_path: Path, **overrides: object) -> WorkerRuntime:

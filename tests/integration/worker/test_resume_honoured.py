@@ -21,8 +21,6 @@ from tests.integration.worker.helpers import (
     CallbackReceiver,
     aitoolkit_spec,
     dataset_zip,
-    fake_toolkit_dir,
-    new_secret,
     put_dataset,
     read_object,
     worker_input,
@@ -32,21 +30,6 @@ from tests.support.fake_aitoolkit import write_safetensors
 OWNER = "alice"
 RESUME_STEP = 4
 TOTAL = 6
-
-
-@pytest.fixture
-def toolkit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = fake_toolkit_dir(tmp_path / "ai-toolkit")
-    monkeypatch.setenv("AI_TOOLKIT_DIR", str(folder))
-    monkeypatch.setenv("FAKE_AITK_STEP_SECONDS", "0.01")
-    return folder
-
-
-@pytest.fixture
-def receiver():
-    server = CallbackReceiver(secret=new_secret()).start()
-    yield server
-    server.stop()
 
 
 def resumed_run(aws_stack, receiver: CallbackReceiver, tmp_path: Path, job_id: str) -> dict:
