@@ -178,6 +178,21 @@ def test_every_function_role_is_least_privilege(translated: dict[str, Any]) -> N
     assert violations == []
 
 
+def test_only_the_notify_function_may_publish_or_subscribe(translated: dict[str, Any]) -> None:
+    # Given each function's inline statements
+    resources = translated["Resources"]
+    sns_users = set()
+    for name, function in _of_type(translated, "AWS::Lambda::Function").items():
+        role = resources[function["Properties"]["Role"]["Fn::GetAtt"][0]]["Properties"]
+        actions = {a for policy in role.get("Policies", []) for s in _statements(policy["PolicyDocument"]) for a in _as_list(s["Action"])}
+        # When the SNS actions are picked out
+        if any(a.startswith("sns:") for a in actions):
+            sns_users.add(name)
+
+    # Then only the notify function (emails, and the per-job subscription it makes) may touch the topic
+    assert sns_users == {"NotifyFunction"}
+
+
 def test_environment_holds_no_secret_values(translated: dict[str, Any]) -> None:
     # Given every function's environment variables
     found: list[str] = []
