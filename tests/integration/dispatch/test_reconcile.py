@@ -19,6 +19,12 @@ def running_job(plane: ControlPlane, **seed):
     return plane.job(job.id)
 
 
+def make_silent(plane: ControlPlane, job_id: str, *, minutes: int) -> None:
+    """The run was dispatched and started before its last event, `minutes` ago."""
+    then = utcnow() - timedelta(minutes=minutes)
+    plane.set_fields(job_id, dispatched_at=then - timedelta(seconds=30), attempt_started_at=then - timedelta(seconds=20), last_event_at=then)
+
+
 def test_webhook_that_never_arrives_is_applied_by_reconcile(plane: ControlPlane) -> None:
     # Given a run that completed on RunPod, and its webhook was lost
     job = running_job(plane)
@@ -76,7 +82,7 @@ def test_silent_worker_is_stopped_and_its_job_retried(plane: ControlPlane, confi
     configure(MAX_AUTO_RETRIES="1", WORKER_SILENCE_SECONDS="60")
     job = running_job(plane)
     silent_run = job.runpod_job_id or ""
-    plane.set_fields(job.id, last_event_at=utcnow() - timedelta(minutes=5))
+    make_silent(plane, job.id, minutes=5)
 
     # When reconcile runs
     plane.reconcile()
@@ -123,3 +129,22 @@ def test_cancel_runpod_did_not_act_on_is_sent_again(plane: ControlPlane) -> None
     assert plane.runpod.jobs[job.runpod_job_id or ""].status == "CANCELLED"
     plane.reconcile()
     assert plane.job(job.id).status == JobStatus.CANCELLED
+
+
+def test_retry_of_a_silent_run_is_not_judged_by_the_old_runs_silence(plane: ControlPlane, configure) -> None:
+    # Given a silent worker whose job reconcile stopped and retried, and the retry's run has just been taken by a
+    # RunPod worker that is still loading (it has not sent its first event yet)
+    configure(MAX_AUTO_RETRIES="2", WORKER_SILENCE_SECONDS="60")
+    job = running_job(plane)
+    make_silent(plane, job.id, minutes=5)
+    plane.reconcile()
+    retry_run = plane.runpod_id(job.id)
+    plane.runpod.start_job(retry_run)
+
+    # When reconcile runs again a moment later
+    plane.reconcile()
+
+    # Then the new run is left alone: its silence is counted from its own dispatch, not from the stopped run's last event
+    stored = plane.job(job.id)
+    assert stored.attempts == 2 and stored.runpod_job_id == retry_run and stored.status == JobStatus.STARTING
+    assert plane.runpod.jobs[retry_run].status == "IN_PROGRESS"

@@ -152,7 +152,10 @@ def _reconcile_job(table: JobsTable, client: RunPodClient, indexed: Job, now: da
         except RunPodError as exc:
             logger.warning("re-sending /cancel failed", extra={"job_id": job.id, "cause": str(exc)})
         return
-    last_sign_of_life = job.last_event_at or job.started_at or job.dispatched_at or job.updated_at
+    # The latest of them: last_event_at and started_at survive an automatic retry, so alone they would judge the new run
+    # by the old run's silence; dispatched_at is this attempt's claim.
+    signs = [t for t in (job.last_event_at, job.attempt_started_at, job.dispatched_at) if t is not None]
+    last_sign_of_life = max(signs) if signs else (job.started_at or job.updated_at)
     silence = (now - last_sign_of_life).total_seconds()
     if run.status != "IN_QUEUE" and silence > get_settings().worker_silence_seconds:
         # Stop the run first: a worker that is only mute must not keep training (and billing) next to its retry.
