@@ -3,6 +3,7 @@ hold on the bytes actually inflated, not only on what the headers claim."""
 
 from __future__ import annotations
 
+import struct
 import zipfile
 from pathlib import Path
 
@@ -161,3 +162,33 @@ def test_duplicate_entry_names_are_rejected_after_the_first(tmp_path: Path) -> N
     with SafeArchive.open(path) as archive:
         assert [e.code for e in archive.rejected] == ["DUPLICATE_ENTRY_NAME"]
         assert len(archive.files) == 1
+
+
+def _with_name_byte(zip_bytes: bytes, name: str, index: int, value: int, *, central: bool, local: bool) -> bytes:
+    """Replace one byte of an entry's name in its central-directory record and/or its local header."""
+    data = bytearray(zip_bytes)
+    encoded = name.encode()
+    for signature, name_len_offset, header_len, wanted in ((b"PK\x03\x04", 26, 30, local), (b"PK\x01\x02", 28, 46, central)):
+        pos = data.find(signature)
+        while wanted and pos != -1:
+            name_len = struct.unpack_from("<H", data, pos + name_len_offset)[0]
+            if bytes(data[pos + header_len:pos + header_len + name_len]) == encoded:
+                data[pos + header_len + index] = value
+            pos = data.find(signature, pos + 4)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("central", "local"), [(True, True), (False, True)], ids=["central-directory", "local-header-only"])
+def test_an_entry_name_flagged_utf8_that_is_not_utf8_is_refused_not_a_crash(tmp_path: Path, central: bool, local: bool) -> None:
+    # Given a zip whose entry name carries the UTF-8 flag (bit 11) but holds a cp437 byte (0x82, 'é'), as some zip tools write it
+    flagged = with_flag_bits(build_zip([("a.png", image_bytes(1)), ("cafX.png", image_bytes(2))]), "cafX.png", 0x800)
+    path = write(tmp_path, _with_name_byte(flagged, "cafX.png", 3, 0x82, central=central, local=local))
+    # When it is opened and every file is read
+    with pytest.raises(UnsafeArchive) as refused:
+        with SafeArchive.open(path) as archive:
+            for entry in archive.files:
+                for _ in archive.iter_chunks(entry):
+                    pass
+    # Then it is refused with a reason code, never a UnicodeDecodeError out of the handler
+    assert refused.value.code in ("INVALID_ENTRY_NAME", "TRUNCATED_ARCHIVE")
+    assert refused.value.message

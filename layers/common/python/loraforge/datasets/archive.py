@@ -43,8 +43,10 @@ SUPPORTED_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zip
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
-# zipfile raises NotImplementedError for a compression method it cannot decode: a broken archive to us, never a crash.
-_CORRUPT_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, NotImplementedError)
+# zipfile raises NotImplementedError for a compression method it cannot decode, and UnicodeDecodeError for a name flagged
+# UTF-8 (bit 11) that is not: a broken archive to us, never a crash.
+_CORRUPT_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, NotImplementedError,
+                   UnicodeDecodeError)
 
 
 class ArchiveLimits(BaseModel):
@@ -189,6 +191,9 @@ class SafeArchive:
             if head in _ZIP_MAGICS:
                 raise UnsafeArchive("TRUNCATED_ARCHIVE", f"the zip is truncated or corrupt ({exc}); upload it again") from exc
             raise UnsafeArchive("NOT_A_ZIP", "the file is not a zip archive; upload a .zip of images and .txt captions") from exc
+        except UnicodeDecodeError as exc:
+            raise UnsafeArchive("INVALID_ENTRY_NAME", f"an entry name is marked UTF-8 but is not ({exc.object[:80]!r}); "
+                                "re-zip the dataset with a current zip tool") from exc
         except _CORRUPT_ERRORS as exc:
             raise UnsafeArchive("TRUNCATED_ARCHIVE", f"the zip cannot be read ({exc}); upload it again") from exc
         try:
