@@ -4,6 +4,7 @@ hold on the bytes actually inflated, not only on what the headers claim."""
 from __future__ import annotations
 
 import struct
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -192,3 +193,33 @@ def test_an_entry_name_flagged_utf8_that_is_not_utf8_is_refused_not_a_crash(tmp_
     # Then it is refused with a reason code, never a UnicodeDecodeError out of the handler
     assert refused.value.code in ("INVALID_ENTRY_NAME", "TRUNCATED_ARCHIVE")
     assert refused.value.message
+
+
+def test_too_many_entries_is_refused_before_the_central_directory_is_parsed_into_memory(tmp_path: Path) -> None:
+    # Given a 5 MB zip of 60,000 empty entries (one per ~90 bytes; a 1 GB upload could hold ten million), limit 1,000
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(60_000):
+            zf.writestr(f"{i:05x}", b"")
+    # When it is opened
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsafeArchive) as refused:
+            SafeArchive.open(path, ArchiveLimits(max_entries=1_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Then it is refused as too many entries, without first building a record per entry (zipfile's parse takes ~30 MB here)
+    assert refused.value.code == "TOO_MANY_ENTRIES"
+    assert peak < 4 * 1024**2, f"{peak} bytes allocated to refuse it"
+
+
+def test_a_central_directory_that_understates_its_entry_count_is_still_counted(tmp_path: Path) -> None:
+    # Given a zip of 50 entries whose end-of-central-directory record claims 2 (zipfile reads every record regardless)
+    data = bytearray(build_zip([(f"f{i}.txt", b"x") for i in range(50)]))
+    eocd = data.rfind(b"PK\x05\x06")
+    struct.pack_into("<HH", data, eocd + 8, 2, 2)
+    # When it is opened with a limit of 10 / Then the records actually present are counted
+    with pytest.raises(UnsafeArchive) as refused:
+        SafeArchive.open(write(tmp_path, bytes(data)), ArchiveLimits(max_entries=10))
+    assert refused.value.code == "TOO_MANY_ENTRIES"

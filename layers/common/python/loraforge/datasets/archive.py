@@ -23,6 +23,7 @@ from __future__ import annotations
 import lzma
 import re
 import stat
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from types import TracebackType
+from typing import BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -160,6 +162,38 @@ def classify_entry(info: zipfile.ZipInfo, limits: ArchiveLimits | None = None) -
     return ArchiveEntry(info, EntryKind.FILE, path)
 
 
+_CD_RECORD = struct.Struct("<4s24xHHH12x")  # central-directory file header: signature … name, extra and comment lengths
+
+
+def _refuse_too_many_records(fh: BinaryIO, limits: ArchiveLimits) -> None:
+    """Count the central-directory records before zipfile parses them: it builds one ZipInfo per record (hundreds of bytes
+    each) for every record in the directory's bytes, whatever count the end record declares, so a zip of millions of empty
+    entries would exhaust memory before TOO_MANY_ENTRIES could be said. Anything unreadable is left to ZipFile to report."""
+    endrec = zipfile._EndRecData(fh)  # noqa: SLF001 - the stdlib's own end-record finder (zip64 included); no public equivalent
+    if endrec is None:
+        return
+    if endrec[zipfile._ECD_ENTRIES_TOTAL] > limits.max_entries:  # noqa: SLF001
+        raise UnsafeArchive("TOO_MANY_ENTRIES", f"the archive has {endrec[zipfile._ECD_ENTRIES_TOTAL]} entries; "  # noqa: SLF001
+                            f"the limit is {limits.max_entries}")
+    size_cd = endrec[zipfile._ECD_SIZE]  # noqa: SLF001
+    start = endrec[zipfile._ECD_LOCATION] - size_cd  # noqa: SLF001 - where ZipFile itself looks for the directory
+    if endrec[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # noqa: SLF001
+        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    pos, end, count = start, start + size_cd, 0
+    while pos >= 0 and pos + _CD_RECORD.size <= end:
+        fh.seek(pos)
+        header = fh.read(_CD_RECORD.size)
+        if len(header) < _CD_RECORD.size:
+            return
+        signature, name_len, extra_len, comment_len = _CD_RECORD.unpack(header)
+        if signature != b"PK\x01\x02":
+            return
+        count += 1
+        if count > limits.max_entries:
+            raise UnsafeArchive("TOO_MANY_ENTRIES", f"the archive has more than {limits.max_entries} entries; the limit is {limits.max_entries}")
+        pos += _CD_RECORD.size + name_len + extra_len + comment_len
+
+
 class SafeArchive:
     """An opened, pre-checked zip. Use as a context manager; read entries only through `iter_chunks`.
 
@@ -185,6 +219,7 @@ class SafeArchive:
             raise UnsafeArchive("ARCHIVE_TOO_LARGE", f"the archive is {size} bytes; the limit is {limits.max_archive_bytes} bytes")
         with path.open("rb") as fh:
             head = fh.read(4)
+            _refuse_too_many_records(fh, limits)
         try:
             zf = zipfile.ZipFile(path)
         except zipfile.BadZipFile as exc:
