@@ -238,6 +238,20 @@ def test_get_metrics_returns_loss_and_lr_by_step(api: Api) -> None:
     assert response.json["items"] == [{"step": s, "loss": pytest.approx(1.0 / s), "lr": pytest.approx(1e-4)} for s in range(1, 5)]
 
 
+def test_get_metrics_returns_the_whole_loss_curve_of_a_job_at_the_presets_step_limit(api: Api) -> None:
+    # Given a 6,000-step job (flux-dev's upper bound) whose worker reported a point for every step
+    job = api.job(status=JobStatus.SUCCEEDED)
+    job = job.model_copy(update={"hyperparameters": job.hyperparameters.model_copy(update={"steps": 6000})})
+    api.table.update_job(job.id, set_fields={"hyperparameters": job.hyperparameters.model_dump(mode="json")})
+    api.metrics(job, steps=6000)
+    # When the loss curve is read
+    response = api.call("GET", f"/v1/jobs/{job.id}/metrics")
+    # Then every step is there, the last ones included (the chart does not stop at 5,000)
+    assert response.status == 200
+    steps = [p["step"] for p in response.json["items"]]
+    assert steps == list(range(1, 6001))
+
+
 def test_get_artifacts_returns_presigned_urls_that_download_the_file(api: Api, aws_stack) -> None:
     # Given a finished job whose final LoRA is in S3
     job = api.job(status=JobStatus.SUCCEEDED)

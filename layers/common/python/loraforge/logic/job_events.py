@@ -18,7 +18,11 @@ def job_events(owner: str, job_id: str, *, after: int, limit: int) -> tuple[list
 
 
 def job_metrics(owner: str, job_id: str) -> list[MetricPoint]:
-    """Loss and learning rate by step, in step order. 1 read + 1 query per 1 MB of points."""
+    """Loss and learning rate by step, in step order. 1 read + 1 query per 1 MB of points.
+
+    Every step's point (one item per step, steps 0..total): the DAL's default cap (5,000) is below a preset's step bound
+    (6,000), and a loss curve cut short with no cursor would look like the whole run.
+    """
     table = JobsTable()
-    table.get_job_for_owner(job_id, owner)
-    return table.list_metrics(job_id)
+    job = table.get_job_for_owner(job_id, owner)
+    return table.list_metrics(job_id, limit=max(job.hyperparameters.steps, job.progress.total_steps or 0) + 1)
