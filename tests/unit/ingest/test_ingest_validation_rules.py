@@ -180,3 +180,18 @@ def test_drop_config_defaults_and_names() -> None:
     assert (config.preset, config.trigger_word, config.hyperparameters.steps) == ("sdxl", "ohwx", 500)
     assert dataset_name("my char (v2)+final") == "my char -v2-final"
     assert dataset_name("...") == "dataset"
+
+
+@pytest.mark.parametrize("text", [
+    b"preset: " + b"[" * 5_000 + b"]" * 5_000 + b"\n",
+    b"{a: " * 3_000 + b"1" + b"}" * 3_000 + b"\n",
+    b"[" * 30_000,
+], ids=["nested-lists", "nested-maps", "unclosed-brackets"])
+def test_a_deeply_nested_drop_config_is_refused_not_a_recursion_error(text: bytes) -> None:
+    # Given a loraforge.yaml under the size bound whose brackets nest thousands of levels deep
+    # When it is parsed
+    with pytest.raises(DropConfigError) as refused:
+        parse_drop_config(text)
+    # Then it is a clear INVALID_DROP_CONFIG (a RecursionError would escape ingest, leaving the drop's dataset validating)
+    assert refused.value.code == "INVALID_DROP_CONFIG"
+    assert "nested" in refused.value.message

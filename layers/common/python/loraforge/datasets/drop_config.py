@@ -29,14 +29,26 @@ class DropConfigError(ValueError):
         self.details = details
 
 
+MAX_NESTING = 32
+
+
 class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses `*alias` references: a 64 KiB file cannot expand into a billion nodes."""
+    """SafeLoader that refuses `*alias` references (a 64 KiB file cannot expand into a billion nodes) and nesting deeper
+    than MAX_NESTING (the composer recurses once per level: 64 KiB of `[` would be a RecursionError, not a YAMLError)."""
+
+    _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, "anchors and aliases (*name) are not allowed", event.start_mark)
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_NESTING:
+            raise yaml.composer.ComposerError(None, None, f"values are nested more than {MAX_NESTING} levels deep", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def parse_drop_config(data: bytes | None) -> DropConfig:
