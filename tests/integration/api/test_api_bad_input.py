@@ -82,6 +82,8 @@ CASES = [
     Case("webhook to localhost", 422, "INVALID_WEBHOOK_URL", _webhook("https://localhost/hook")),
     Case("webhook to the metadata service", 422, "INVALID_WEBHOOK_URL", _webhook("https://169.254.169.254/latest/meta-data")),
     Case("webhook with credentials", 422, "INVALID_WEBHOOK_URL", _webhook("https://user:pw@93.184.216.34/hook")),
+    Case("webhook host with an empty label", 422, "INVALID_WEBHOOK_URL", _webhook("https://hooks..example.com/hook")),
+    Case("webhook host with a label over 63 characters", 422, "INVALID_WEBHOOK_URL", _webhook(f"https://{'a' * 64}.example.com/hook")),
     # and the rest of what a client can get wrong
     Case("body is not JSON", 400, "INVALID_JSON", lambda api: ("POST", "/v1/jobs", {"body": "{'preset': 'sdxl'"})),
     Case("body is a JSON array", 400, "INVALID_JSON", lambda api: ("POST", "/v1/datasets", {"body": "[1, 2]"})),

@@ -66,6 +66,9 @@ def check_webhook_url(url: str, *, resolve: bool = True, resolver: Resolver | No
             addresses = literal or (resolver or _system_resolver)(host, port)
         except OSError as exc:
             raise InvalidInput(f"webhook_url host '{host}' does not resolve", code="INVALID_WEBHOOK_URL") from exc
+        except UnicodeError as exc:  # the IDNA codec refuses the name before any DNS query: no later lookup can succeed
+            raise InvalidInput(f"webhook_url host '{host[:100]}' is not a valid host name (a label is empty or longer than 63 characters)",
+                               code="INVALID_WEBHOOK_URL") from exc
         for ip in addresses:
             if _is_public(ip) or (allow_loopback and _is_loopback(ip)):
                 continue
