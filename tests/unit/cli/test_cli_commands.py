@@ -241,6 +241,23 @@ def test_download_verifies_the_checksum(api: FakeApi, tmp_path: Path, capsys: py
     assert "no checkpoint at step 99; stored steps: 10" in capsys.readouterr().err
 
 
+def test_download_writes_inside_the_output_folder_whatever_name_the_api_gives(api: FakeApi, tmp_path: Path) -> None:
+    # Given an artifact whose recorded name (taken from a worker event, not checked against its key) climbs out of the folder
+    content = b"safetensors bytes"
+    api.routes[("GET", "/files/lora.safetensors")] = (200, content)
+    lora = {"kind": "final", "step": 30, "key": "jobs/a/job_1/final/lora.safetensors", "name": "../../escaped.safetensors",
+            "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    api.routes[("GET", "/v1/jobs/job_1")] = (200, job("succeeded", 30, result={"lora": lora, "files": [lora | {"part": None}], "steps": 30}))
+    api.routes[("GET", "/v1/jobs/job_1/artifacts")] = (200, {"items": [lora | {"url": f"{api.url}/files/lora.safetensors", "expires_at": "x"}]})
+    out = tmp_path / "a" / "b"
+    # When it is downloaded into a/b
+    code = run(api, "jobs", "download", "job_1", "-o", str(out))
+    # Then the file lands inside a/b under its plain file name, and nothing is written above it
+    assert code == 0
+    assert (out / "escaped.safetensors").read_bytes() == content
+    assert not (tmp_path / "escaped.safetensors").exists()
+
+
 def split_lora(api: FakeApi, step: int, kind: str = "final") -> list[dict[str, Any]]:
     """A Wan 2.2 14B save as the artifacts route lists it: one file per expert, each served at a presigned URL."""
     items = []

@@ -171,6 +171,16 @@ def select_artifacts(artifacts: list[dict[str, Any]], *, checkpoint: str | None,
     return result_artifacts(job or {}, artifacts)
 
 
+def _plain_file_name(artifact: dict[str, Any]) -> str:
+    """The artifact's file name as one plain path segment: the recorded `name` comes from a worker event and is not checked
+    against the key, so a name with '/' or '..' must never place a file outside the output folder."""
+    for candidate in (artifact.get("name"), artifact.get("key")):
+        segment = str(candidate or "").replace("\\", "/").rsplit("/", 1)[-1]
+        if segment not in ("", ".", ".."):
+            return segment
+    raise CliError(f"artifact {artifact.get('key')!r} has no usable file name")
+
+
 @command
 def cmd_download(args: argparse.Namespace, api: ApiClient) -> int:
     job = api.get(f"/v1/jobs/{args.job_id}") if args.checkpoint is None and not args.all else None
@@ -180,7 +190,7 @@ def cmd_download(args: argparse.Namespace, api: ApiClient) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for artifact in chosen:
-        name = artifact.get("name") or str(artifact["key"]).rsplit("/", 1)[-1]
+        name = _plain_file_name(artifact)
         if artifact.get("kind") in ("sample", "log", "config", "metrics") and args.all:
             dest_dir = out_dir / str(artifact["kind"])
             dest_dir.mkdir(exist_ok=True)
