@@ -258,6 +258,25 @@ def test_download_writes_inside_the_output_folder_whatever_name_the_api_gives(ap
     assert not (tmp_path / "escaped.safetensors").exists()
 
 
+def test_download_into_a_path_that_is_a_file_is_one_line_and_exit_1(api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a job with a final LoRA, and an -o path that is an existing file
+    content = b"safetensors bytes"
+    api.routes[("GET", "/files/lora.safetensors")] = (200, content)
+    lora = {"kind": "final", "step": 30, "key": "jobs/a/job_1/final/lora.safetensors", "name": "lora.safetensors", "size": len(content),
+            "sha256": hashlib.sha256(content).hexdigest()}
+    api.routes[("GET", "/v1/jobs/job_1")] = (200, job("succeeded", 30, result={"lora": lora, "files": [lora | {"part": None}], "steps": 30}))
+    api.routes[("GET", "/v1/jobs/job_1/artifacts")] = (200, {"items": [lora | {"url": f"{api.url}/files/lora.safetensors", "expires_at": "x"}]})
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    # When the LoRA is downloaded there
+    code = run(api, "jobs", "download", "job_1", "-o", str(taken))
+    # Then the CLI says why in one line and exits 1 (no traceback), and the file is untouched
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: ") and "notes.txt" in err and "Traceback" not in err
+    assert taken.read_text() == "mine"
+
+
 def split_lora(api: FakeApi, step: int, kind: str = "final") -> list[dict[str, Any]]:
     """A Wan 2.2 14B save as the artifacts route lists it: one file per expert, each served at a presigned URL."""
     items = []

@@ -253,6 +253,10 @@ def command(func: Callable[[argparse.Namespace, ApiClient], int | None]) -> Call
         except CliError as exc:
             report_error(args, exc)
             return exc.exit_code
+        except OSError as exc:  # local files: -o onto a file, a folder not writable, disk full, an unreadable image
+            where = f": {exc.filename}" if exc.filename else ""
+            report_error(args, CliError(f"{exc.strerror or exc}{where}"))
+            return EXIT_ERROR
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
