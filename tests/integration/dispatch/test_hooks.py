@@ -306,6 +306,25 @@ def test_checkpoints_beyond_keep_are_deleted_from_s3(plane: ControlPlane) -> Non
     assert storage.head(checkpoints[1].key) is not None and storage.head(checkpoints[2].key) is not None
 
 
+def test_the_end_of_run_manifest_does_not_bring_back_pruned_checkpoints(plane: ControlPlane) -> None:
+    # Given a job that keeps 2 checkpoints, whose worker reported three (the oldest was pruned from S3 and the listing)
+    job = running_job(plane, keep=2)
+    checkpoints = [plane.checkpoint(job, step) for step in (10, 20, 30)]
+    for seq, ckpt in enumerate(checkpoints, start=2):
+        assert plane.worker_event(job.id, "checkpoint", seq, ckpt.model_dump(mode="json")).status == 200
+
+    # When the worker's result manifest, which lists every file it uploaded, ends the run
+    result = plane.result(job)
+    result["artifacts"] = [c.model_dump(mode="json") for c in checkpoints]
+    assert plane.worker_event(job.id, "completed", 9, result).status == 200
+
+    # Then the job succeeded and its checkpoint listing still names only stored files: no dead download link
+    assert plane.job(job.id).status == JobStatus.SUCCEEDED
+    listed = plane.table.list_artifacts(job.id, "checkpoint")
+    assert sorted(a.step for a in listed) == [20, 30]
+    assert all(Storage().head(a.key) is not None for a in listed)
+
+
 def test_artifact_outside_the_job_prefix_is_refused(plane: ControlPlane) -> None:
     # Given a running job and another job's checkpoint
     job = running_job(plane)

@@ -14,11 +14,13 @@ from pydantic import ValidationError
 from ..contract import WorkerResult, parse_worker_error
 from ..dal import keys
 from ..dal.jobs_table import JobsTable
+from ..dal.storage import Storage
 from ..models.artifact import Artifact, ArtifactKind
 from ..models.errors import ErrorKind, JobError
 from ..models.job import Job, JobResult
 from ..observability import logger
 from ..providers.runpod import RunPodJob
+from .checkpoints import prune_checkpoints
 from .finish_job import Outcome, OutcomeSource, finish_job
 from .job_cost import record_run_cost
 from .lora_result import lora_result
@@ -59,6 +61,10 @@ def outcome_from_result(table: JobsTable, job: Job, result: WorkerResult, *, sou
     artifacts = own_artifacts(job, [*result.artifacts, *([result.final] if result.final else [])])
     for artifact in artifacts:
         table.put_artifact(job.id, artifact)
+    if any(a.kind in (ArtifactKind.CHECKPOINT, ArtifactKind.OPTIMIZER) for a in artifacts):
+        # The manifest lists every checkpoint the worker uploaded, also those retention has deleted from S3 since: apply
+        # retention again, so the listing never brings back a record whose file is gone.
+        prune_checkpoints(table, Storage(), job)
     if result.status == "completed":
         # Every final file the manifest lists at the step of its `final` (a split LoRA has one per expert); a manifest whose
         # `final` is missing or outside the job's prefix falls back on the final files the worker's events recorded.
