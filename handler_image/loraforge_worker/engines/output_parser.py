@@ -114,18 +114,33 @@ def _number(match: re.Match[str] | None) -> float | None:
         return None
 
 
-class LineSplitter:
-    """Bytes of one stream → complete lines, split on `\\r` as well as `\\n` (tqdm redraws with `\\r`)."""
+# Longest line handed on whole; a tqdm bar or an AI-Toolkit log line is a few hundred characters.
+MAX_LINE_CHARS = 64 * 1024
 
-    def __init__(self) -> None:
+
+class LineSplitter:
+    """Bytes of one stream → complete lines, split on `\\r` as well as `\\n` (tqdm redraws with `\\r`).
+
+    A line longer than `max_line_chars` is cut there and handed on in pieces: an engine that writes without a
+    line end (a binary dump, a runaway print) must not grow the worker's memory or re-split an ever longer buffer.
+    """
+
+    def __init__(self, max_line_chars: int = MAX_LINE_CHARS) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buffer = ""
+        self._max = max_line_chars
 
     def feed(self, data: bytes) -> list[str]:
         self._buffer += self._decoder.decode(data)
         parts = re.split(r"[\r\n]", self._buffer)
         self._buffer = parts.pop()
-        return [p for p in parts if p.strip()]
+        keep = len(self._buffer) % self._max or (self._max if self._buffer else 0)
+        parts.append(self._buffer[: len(self._buffer) - keep])  # whole pieces of an unended line go on now
+        self._buffer = self._buffer[len(self._buffer) - keep :]
+        return [piece for part in parts for piece in self._pieces(part) if piece.strip()]
+
+    def _pieces(self, line: str) -> list[str]:
+        return [line[i : i + self._max] for i in range(0, len(line), self._max)] or [line]
 
     def flush(self) -> list[str]:
         rest = self._buffer + self._decoder.decode(b"", final=True)

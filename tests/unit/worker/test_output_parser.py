@@ -167,3 +167,20 @@ def test_a_bar_redraw_of_the_same_step_is_logged_once():
     _, signals = parse(stream)
     assert len(of(Progress, signals)) == 2
     assert len([s for s in of(LogLine, signals) if "5/10" in s.text]) == 1
+
+
+def test_output_without_line_ends_is_handed_on_in_bounded_pieces():
+    # Given an engine that writes 1 MB without a line end, then a normal bar line
+    splitter, lines = LineSplitter(max_line_chars=4096), []
+
+    # When it arrives in 64 KiB reads
+    blob = b"x" * 1_000_000 + b"\nmy_lora:  50%|##  | 5/10 [00:05<00:05, 1.0s/it, loss=0.5]\n"
+    for i in range(0, len(blob), 65536):
+        lines.extend(splitter.feed(blob[i:i + 65536]))
+        # Then the buffer never holds more than one cut-off line
+        assert len(splitter._buffer) <= 4096
+    lines.extend(splitter.flush())
+
+    # Then nothing is lost, no piece is over the bound, and the bar after it is still a whole line
+    assert "".join(lines[:-1]) == "x" * 1_000_000 and max(len(line) for line in lines) <= 4096
+    assert lines[-1].startswith("my_lora:  50%")
