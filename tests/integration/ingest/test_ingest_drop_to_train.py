@@ -174,3 +174,24 @@ def test_a_drop_for_a_video_preset_is_a_video_dataset_that_accepts_clips(ingest:
     dataset = ingest.dataset(outcome["dataset_id"])
     assert (dataset.status, dataset.kind, dataset.stats.images) == (DatasetStatus.READY, "video", 4)
     assert [j.preset for j in ingest.jobs()] == ["wan21-1.3b"]
+
+
+def test_a_folder_file_grown_after_the_listing_cannot_carry_the_drop_past_the_size_limit(
+    ingest: IngestRig, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a 1 MB dataset limit and a folder listed while its image was small
+    from loraforge.dal.storage import Storage
+    from loraforge.logic.drop_to_train import _build_folder_zip
+
+    monkeypatch.setenv("MAX_DATASET_BYTES", "1000000")
+    reset_settings()
+    prefix = f"incoming/{OWNER}/grows/"
+    ingest.s3.put_object(Bucket=ingest.stack.bucket, Key=prefix + "a.png", Body=image_bytes(16))
+    listing = Storage().list_keys(prefix)
+
+    # When the image is overwritten with a 1.5 MB object before the folder is zipped
+    ingest.s3.put_object(Bucket=ingest.stack.bucket, Key=prefix + "a.png", Body=b"\0" * 1_500_000)
+    outcome = _build_folder_zip(Storage(), prefix, listing, tmp_path / "folder.zip")
+
+    # Then the drop is refused as too large (the bytes read count, not the listing), not zipped past the limit
+    assert not isinstance(outcome, tuple) and outcome.error_codes == ["ARCHIVE_TOO_LARGE"]

@@ -187,6 +187,8 @@ def _build_folder_zip(storage: Storage, prefix: str, objects: list[dict[str, Any
     if not objects:
         return ValidationReport.refused("EMPTY_ARCHIVE", f"the folder holds no files besides {keys.DROP_CONFIG_NAME}; upload the images "
                                                          f"first and {keys.DROP_CONFIG_NAME} last")
+    # The listing's sizes were checked above; an object overwritten with a bigger one since is counted as read.
+    read = 0
     with zipfile.ZipFile(dest, "w", allowZip64=True) as zf:
         for obj in sorted(objects, key=lambda o: o["Key"]):
             info = zipfile.ZipInfo(obj["Key"][len(prefix):], date_time=_zip_time(obj.get("LastModified")))
@@ -200,8 +202,11 @@ def _build_folder_zip(storage: Storage, prefix: str, objects: list[dict[str, Any
                 if is_missing_object(exc):
                     continue  # deleted since the listing: it is simply not part of the dataset
                 raise
-            with body, zf.open(info, "w", force_zip64=info.file_size > 2**31 - 1) as out:
+            with body, zf.open(info, "w", force_zip64=True) as out:
                 while chunk := body.read(DOWNLOAD_CHUNK):
+                    read += len(chunk)
+                    if (refused := too_large(read)) is not None:
+                        return refused
                     out.write(chunk)
     digest = hashlib.sha256()
     with dest.open("rb") as fh:
