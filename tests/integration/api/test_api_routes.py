@@ -227,6 +227,26 @@ def test_get_events_pages_with_after(api: Api) -> None:
     assert rest.json["next_cursor"] is None
 
 
+def test_events_pages_cut_short_by_dynamodbs_1mb_still_lead_to_every_event(api: Api) -> None:
+    # Given a job with 6 large log events (about 300 KB each: DynamoDB returns at most 1 MB per query)
+    job = api.job()
+    for n in range(6):
+        api.table.append_event(job.id, "log", {"lines": [f"{n}" * 300_000]})
+
+    # When they are read 100 at a time, following next_cursor until it is null
+    seqs, cursor, pages = [], None, 0
+    while True:
+        page = api.call("GET", f"/v1/jobs/{job.id}/events", query={"limit": "100", **({"after": str(cursor)} if cursor else {})})
+        seqs += [e["seq"] for e in page.json["items"]]
+        cursor, pages = page.json["next_cursor"], pages + 1
+        if cursor is None:
+            break
+
+    # Then a page held fewer than the limit but said more follow, and every event came once, in order
+    assert pages > 1
+    assert seqs == list(range(1, 7))
+
+
 def test_get_metrics_returns_loss_and_lr_by_step(api: Api) -> None:
     # Given a job with metric points
     job = api.job(status=JobStatus.RUNNING)

@@ -356,6 +356,13 @@ class JobsTable:
         return event
 
     def list_events(self, job_id: str, *, after: int = 0, limit: int = 100) -> list[JobEvent]:
+        return self.list_events_page(job_id, after=after, limit=limit)[0]
+
+    def list_events_page(self, job_id: str, *, after: int = 0, limit: int = 100) -> tuple[list[JobEvent], bool]:
+        """Events with seq > `after`, oldest first, and whether more follow. 1 query.
+
+        A page can hold fewer than `limit` events with more to come (DynamoDB stops at 1 MB), so "more" is
+        DynamoDB's LastEvaluatedKey, not a full page."""
         resp = self._ddb.query(
             TableName=self.name,
             KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
@@ -363,7 +370,7 @@ class JobsTable:
                                        ":hi": {"S": "EVT#999999999999"}},
             Limit=min(limit, 500),
         )
-        return [JobEvent.model_validate(_strip(deserialize(i))) for i in resp.get("Items", [])]
+        return [JobEvent.model_validate(_strip(deserialize(i))) for i in resp.get("Items", [])], "LastEvaluatedKey" in resp
 
     def put_metrics(self, job_id: str, points: Iterable[MetricPoint]) -> int:
         """Idempotent by step (a redelivered point overwrites itself). Batched 25 per call."""

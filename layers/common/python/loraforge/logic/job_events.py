@@ -13,8 +13,8 @@ def job_events(owner: str, job_id: str, *, after: int, limit: int) -> tuple[list
     """
     table = JobsTable()
     table.get_job_for_owner(job_id, owner)
-    events = table.list_events(job_id, after=after, limit=limit)
-    return events, (events[-1].seq if len(events) == limit else None)
+    events, more = table.list_events_page(job_id, after=after, limit=limit)
+    return events, (events[-1].seq if more and events else None)
 
 
 def job_metrics(owner: str, job_id: str) -> list[MetricPoint]:
