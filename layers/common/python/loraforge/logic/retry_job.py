@@ -69,7 +69,8 @@ def _create_retry(table: JobsTable, old: Job, new_job_id: str) -> Job:
         if existing is not None:
             return _made_before(table, existing)
         raise
-    table.append_event(job.id, EventType.CREATED, _created_event(job))
+    # Dedupe-keyed like the recovery in _made_before: a racing second call may be adding it right now.
+    table.append_event(job.id, EventType.CREATED, _created_event(job), dedupe_key="created", at=job.created_at)
     logger.info("job retried", extra={"job_id": job.id, "retry_of": old.id, "resume_step": resume_step})
     return job
 
