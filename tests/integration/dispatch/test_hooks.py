@@ -339,6 +339,19 @@ def test_artifact_outside_the_job_prefix_is_refused(plane: ControlPlane) -> None
     assert plane.table.list_artifacts(job.id, "checkpoint") == []
 
 
+def test_artifact_named_other_than_its_key_is_refused(plane: ControlPlane) -> None:
+    # Given a running job and one of its own checkpoints, renamed to climb out of a download folder
+    job = running_job(plane)
+    renamed = plane.checkpoint(job, 10).model_copy(update={"name": "../../.bashrc"})
+
+    # When the worker reports it
+    answer = plane.worker_event(job.id, "checkpoint", 2, renamed.model_dump(mode="json"))
+
+    # Then it is refused and not recorded: a file's name is its key's last segment, which clients save it under
+    assert answer.status == 422 and answer.body["error"]["code"] == "INVALID_ARTIFACT"
+    assert plane.table.list_artifacts(job.id, "checkpoint") == []
+
+
 def test_worker_completed_event_ends_the_job_and_the_webhook_adds_the_cost(plane: ControlPlane) -> None:
     # Given a running job whose worker reports completion before RunPod's webhook
     job = running_job(plane)

@@ -29,9 +29,11 @@ MAX_ERROR_MESSAGE = 500
 
 
 def own_artifacts(job: Job, artifacts: list[Artifact]) -> list[Artifact]:
-    """Only files under this job's prefix (the worker's upload policy allows no other; never trust a manifest blindly)."""
+    """Only files under this job's prefix (the worker's upload policy allows no other; never trust a manifest blindly),
+    named after their key's last segment (clients save a file under its `name`)."""
     prefix = keys.job_prefix(job.owner, job.id)
-    kept = [a for a in artifacts if a.key.startswith(prefix) and ".." not in a.key.split("/")]
+    kept = [a for a in artifacts if a.key.startswith(prefix) and ".." not in a.key.split("/")
+            and a.name in (None, a.key.rsplit("/", 1)[-1])]
     if len(kept) != len(artifacts):
         logger.warning("artifacts outside the job prefix ignored", extra={"job_id": job.id, "dropped": len(artifacts) - len(kept)})
     return kept
