@@ -35,6 +35,9 @@ TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=3.0)
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MIRROR_INTERVAL_SECONDS = 1.0
 """RunPod's `progress_update` opens a thread and an HTTP session per call: at most one a second."""
+END_TYPES = frozenset({WorkerEventType.COMPLETED, WorkerEventType.FAILED, WorkerEventType.CANCELLED})
+"""A progress flushed by one of these is not mirrored: the handler returns right after, and a `progress_update` landing
+after the final result can leave RunPod's /status IN_PROGRESS (runpod-python#250)."""
 
 Mirror = Callable[[dict[str, Any]], None]
 
@@ -78,7 +81,7 @@ class EventSender:
 
     def emit(self, event_type: WorkerEventType, data: dict[str, Any]) -> None:
         """Queue a non-progress event (a pending throttled progress goes first, to keep the order)."""
-        self._flush_progress()
+        self._flush_progress(mirror=event_type not in END_TYPES)
         self._enqueue(self._next(event_type, data))
 
     def progress(self, step: int, total_steps: int, loss: float | None, lr: float | None, eta_seconds: float | None) -> None:
@@ -91,7 +94,7 @@ class EventSender:
             delay = self.interval - (now - self._last_progress_at)
             self._timer = asyncio.get_running_loop().call_later(delay, self._flush_progress)
 
-    def _flush_progress(self) -> None:
+    def _flush_progress(self, mirror: bool = True) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -102,7 +105,7 @@ class EventSender:
         self._last_progress_at = self._clock()
         event = self._next(WorkerEventType.PROGRESS, data)
         now = self._clock()
-        if self.mirror is not None and (self._last_mirror_at is None or now - self._last_mirror_at >= self.mirror_interval):
+        if mirror and self.mirror is not None and (self._last_mirror_at is None or now - self._last_mirror_at >= self.mirror_interval):
             self._last_mirror_at = now
             try:
                 self.mirror({"seq": event.seq, "type": "progress", **{k: v for k, v in data.items() if k != "metrics"}})
@@ -151,7 +154,7 @@ class EventSender:
 
     async def close(self, timeout: float = 15.0) -> None:
         """Deliver what is queued (bounded by `timeout`), then stop."""
-        self._flush_progress()
+        self._flush_progress(mirror=False)
         if self._worker is not None:
             self._queue.put_nowait(None)
             try:

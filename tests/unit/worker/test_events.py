@@ -154,3 +154,28 @@ def test_without_a_callback_nothing_is_sent():
         await events.close()
 
     asyncio.run(scenario())
+
+
+def test_no_progress_update_is_mirrored_to_runpod_as_the_run_ends():
+    # RunPod's progress_update is a fire-and-forget thread; one posted just before the handler returns can land after
+    # the final result and leave /status IN_PROGRESS (runpod-python#250, reference/runpod.md §1).
+    recorder, clock, mirrored = Recorder(), FakeClock(), []
+
+    async def scenario() -> None:
+        # Given a run whose last progress is still held back by the event throttle when the engine fails
+        events = sender(recorder, interval=5.0, clock=clock, mirror=mirrored.append)
+        events.progress(1, 100, 1.0, 1e-4, None)
+        clock.now += 4.0
+        events.progress(2, 100, 0.9, 1e-4, None)
+        clock.now += 0.5
+        # When the handler reports its end (and returns right after)
+        events.emit(WorkerEventType.FAILED, {"status": "failed"})
+        await events.close()
+
+    asyncio.run(scenario())
+
+    # Then the held-back progress still reaches the callback, in order, before the failure
+    bodies = recorder.events()
+    assert [(b["type"], b["data"].get("step")) for b in bodies] == [("progress", 1), ("progress", 2), ("failed", None)]
+    # but nothing is mirrored to RunPod at the end: the only progress_update is the one sent while training ran
+    assert [m["step"] for m in mirrored] == [1]
