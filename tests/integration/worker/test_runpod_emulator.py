@@ -302,3 +302,31 @@ def test_runs_as_a_module_and_stops_on_sigint():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert not group_alive(proc.pid)
+
+
+def test_a_worker_stopped_for_a_timeout_takes_no_new_job_that_its_stop_would_kill(tmp_path: Path):
+    # Given a spawned worker whose job ran past its executionTimeout (RunPod stops the worker a grace period later)
+    stub = tmp_path / "stub_handler.py"
+    stub.write_text(STUB_WORKER)
+    emu = RunPodEmulator(workers=1, endpoint_id="ep5", handler_path=stub, long_poll_seconds=0.3, min_execution_timeout_ms=200,
+                         timeout_kill_grace_seconds=1.0).start()
+    try:
+        (first,) = list(emu.workers)
+        engine_pid(emu, first)
+        with httpx.Client(base_url=emu.endpoint_url, timeout=5) as api:
+            timed_out = api.post("/run", json={"input": {}, "policy": {"executionTimeout": 300}}).json()["id"]
+            assert take(emu, first).json()["id"] == timed_out
+            assert emu.wait_for_status(timed_out, timeout=5)["status"] == "TIMED_OUT"
+            # When another job arrives and that worker's SDK loop (its handler done with the stop) asks for work before it is stopped
+            innocent = api.post("/run", json={"input": {"n": 2}}).json()["id"]
+            offered = take(emu, first)
+            # Then it is not handed the job, which waits for a worker that will live to run it
+            assert offered.status_code == 204
+            deadline = time.monotonic() + 10
+            while (not emu.workers or first in emu.workers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            (second,) = list(emu.workers)
+            assert api.get(f"/status/{innocent}").json()["status"] == "IN_QUEUE"
+            assert take(emu, second).json()["id"] == innocent
+    finally:
+        emu.stop()

@@ -439,7 +439,7 @@ class RunPodEmulator:
                         self._finish(job, "TIMED_OUT")
                         self._stop_signal(job)
                         worker = self.workers.get(job.worker_id or "")
-                        if worker is not None:
+                        if worker is not None and worker.popen is not None:
                             worker.kill_at = now + self.timeout_kill_grace_seconds  # RunPod: a timeout also stops the worker
                     elif job.status in TERMINAL and job.finished is not None and now - job.finished > self.result_retention_seconds:
                         del self.jobs[job.id]
@@ -570,7 +570,8 @@ class RunPodEmulator:
                 self._changed.notify_all()
             while not self._stopping.is_set():
                 worker.last_poll = time.monotonic()
-                if self.queue and worker.alive:
+                # A worker being stopped for a timeout gets no new job: its stop would kill that job too.
+                if self.queue and worker.alive and worker.kill_at is None:
                     job = self.jobs[self.queue.popleft()]
                     job.status, job.started, job.worker_id = "IN_PROGRESS", time.monotonic(), worker_id
                     self._changed.notify_all()
