@@ -101,7 +101,8 @@ class JobRun:
         inp = self.input
         mirror = self.runtime.mirror_factory(self.job) if self.runtime.mirror_factory else None
         self.events = EventSender(inp.job_id, inp.attempt, inp.callback, runpod_job_id=self.runpod_job_id or None, mirror=mirror)
-        self.workspace = self.runtime.work_root / f"{run_name(inp.job_id)}-a{inp.attempt}-{uuid.uuid4().hex[:8]}"
+        # Absolute: the engine runs with its own cwd (AI-Toolkit's folder) and reads these paths from its config.
+        self.workspace = self.runtime.work_root.absolute() / f"{run_name(inp.job_id)}-a{inp.attempt}-{uuid.uuid4().hex[:8]}"
         self.uploader = Uploader(inp.output)
         try:
             try:

@@ -112,6 +112,21 @@ def stored_mixed_dataset(storage: Storage, tmp_path: Path, dataset_id: str, **ma
     return dataset, storage.presigned_get(manifest_key, 3600)[0]
 
 
+def test_a_relative_work_dir_still_trains_with_the_engine_running_in_its_own_folder(aws_stack, toolkit, receiver, tmp_path, monkeypatch):
+    # Given an operator who set LORAFORGE_WORK_DIR to a relative path (the engine runs with AI-Toolkit's folder as its cwd)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LORAFORGE_WORK_DIR", "jobs")
+    storage, inp = make_input(aws_stack, receiver, "job_rel")
+    rt = WorkerRuntime(worker_id="test-worker", stop_grace_seconds=2.0, sample_poll_seconds=0.1)
+
+    # When the handler runs the job
+    out = run("job_rel", inp, rt)
+
+    # Then the engine found its dataset and the worker found the engine's saves: a completed run with its final LoRA in S3
+    assert "error" not in out, out
+    assert out["final"]["key"] in objects_under(storage, inp.output.prefix)
+
+
 def test_the_run_trains_on_exactly_what_ingest_accepted(aws_stack, toolkit, receiver, tmp_path):
     # Given a stored archive with a duplicate, an image below min_side and a pair with a broken caption, and its manifest
     storage = Storage()
