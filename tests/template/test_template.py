@@ -346,6 +346,27 @@ def test_reconcile_schedule_retries_then_dead_letters(translated: dict[str, Any]
     assert json.loads(target["Input"]["Fn::Sub"])["detail-type"] == "Scheduled Event"
 
 
+def test_asynchronously_invoked_functions_record_their_failed_invocations(translated: dict[str, Any]) -> None:
+    # Given every function that EventBridge rules and Scheduler schedules invoke (asynchronously: a rule's or schedule's
+    # RetryPolicy and DeadLetterConfig only cover events they could not hand to Lambda, never an invocation that raised)
+    resources = translated["Resources"]
+    targets = [t for rule in _of_type(translated, "AWS::Events::Rule").values() for t in rule["Properties"]["Targets"]]
+    targets += [s["Properties"]["Target"] for s in _of_type(translated, "AWS::Scheduler::Schedule").values()]
+    invoked = {t["Arn"]["Fn::GetAtt"][0] for t in targets if resources[t["Arn"]["Fn::GetAtt"][0]]["Type"] == "AWS::Lambda::Function"}
+
+    # When each one's Lambda async invoke config (retries of a failed invocation, where it goes after) is read
+    configs = {c["Properties"]["FunctionName"]["Ref"]: c["Properties"] for c in _of_type(translated, "AWS::Lambda::EventInvokeConfig").values()}
+    on_failure = {name: configs.get(name, {}).get("DestinationConfig", {}).get("OnFailure", {}).get("Destination") for name in invoked}
+
+    # Then an invocation that raised (or timed out) ends in that function's dead-letter queue, not only in its log
+    assert on_failure == {
+        "IngestFunction": {"Fn::GetAtt": ["IngestDLQ", "Arn"]},
+        "ReconcileFunction": {"Fn::GetAtt": ["ReconcileDLQ", "Arn"]},
+    }
+    # and reconcile is not retried by Lambda on top of its schedule: the next run is the retry (no overlapping runs)
+    assert configs["ReconcileFunction"]["MaximumRetryAttempts"] == 0
+
+
 def test_webhook_queue_outlasts_the_delivery_function_and_redrives(translated: dict[str, Any]) -> None:
     # Given the webhook delivery queue and the function that consumes it
     queue = translated["Resources"]["WebhookDeliveryQueue"]["Properties"]
