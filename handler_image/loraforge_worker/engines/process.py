@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from .base import EngineRun
@@ -51,6 +51,19 @@ def group_alive(pgid: int) -> bool:
     return True if live is None else live
 
 
+
+# RunPod sets these for the worker's SDK loop: the endpoint API key and the job-take/job-done URLs. The engine
+# needs none of them; it runs third-party code (AI-Toolkit and its model loaders) that must not be able to read them.
+WORKER_ONLY_PREFIXES = ("RUNPOD_",)
+
+
+def engine_environment(worker_env: Mapping[str, str], run_env: Mapping[str, str]) -> dict[str, str]:
+    """The engine's environment: the worker's without its RunPod credentials, plus the run's own variables."""
+    env = {name: value for name, value in worker_env.items() if not name.startswith(WORKER_ONLY_PREFIXES)}
+    env.update(run_env)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
 class EngineProcess:
     def __init__(self, run: EngineRun, parser: OutputParser) -> None:
         self.run = run
@@ -70,9 +83,7 @@ class EngineProcess:
         return self.proc.returncode if self.proc else None
 
     async def start(self) -> None:
-        env = dict(os.environ)
-        env.update(self.run.env)
-        env["PYTHONUNBUFFERED"] = "1"
+        env = engine_environment(os.environ, self.run.env)
         env["LORAFORGE_SUPERVISOR_PARENT"] = str(os.getpid())
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, str(LAUNCHER), *self.run.argv, cwd=str(self.run.cwd), env=env,

@@ -38,6 +38,13 @@ def test_cmd_runs_the_handler_unbuffered():
     assert instructions("CMD") == ['["python", "-u", "handler.py"]']
 
 
+def test_an_init_reaps_orphaned_engine_processes():
+    # Given the image's entrypoint and packages
+    # Then PID 1 is tini (installed by apt), not the handler, so SIGKILLed engine children never pile up as zombies
+    assert instructions("ENTRYPOINT") == ['["/usr/bin/tini", "--"]']
+    assert any(" tini " in f" {line} " for line in instructions("RUN"))
+
+
 def test_no_secret_is_baked_into_the_image():
     names = [pair.split("=", 1)[0] for line in instructions("ENV") + instructions("ARG") for pair in line.split()]
     assert names and "AI_TOOLKIT_COMMIT" in names

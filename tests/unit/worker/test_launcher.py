@@ -62,3 +62,31 @@ def test_the_engine_group_dies_when_the_worker_dies():
     while group_alive(engine_group) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not group_alive(engine_group)
+
+
+def test_the_engine_cannot_read_the_workers_runpod_credentials(tmp_path, monkeypatch):
+    # Given a worker whose environment holds RunPod's API key and job URLs (the SDK loop's), HF_TOKEN, and a run variable
+    import asyncio
+
+    from loraforge_worker.engines.base import EngineRun
+    from loraforge_worker.engines.output_parser import LogLine, OutputParser
+    from loraforge_worker.engines.process import EngineProcess
+
+    monkeypatch.setenv("RUNPOD_AI_API_KEY", "rpa_secret")
+    monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "https://api.runpod.ai/v2/ep/job-take/$ID")
+    monkeypatch.setenv("HF_TOKEN", "hf_model_access")
+    script = "import os; print(sorted(k for k in os.environ if k.startswith(('RUNPOD_', 'HF_TOKEN', 'RUN_VAR'))))"
+    run = EngineRun(argv=[sys.executable, "-c", script], cwd=tmp_path, config_path=tmp_path / "c.yaml", env={"RUN_VAR": "1"})
+
+    # When the engine starts and prints the variables it can see
+    async def engine_output() -> list[str]:
+        engine = EngineProcess(run, OutputParser("my_lora"))
+        await engine.start()
+        lines = [s.text for s in [s async for s in engine.signals()] if isinstance(s, LogLine)]
+        await engine.wait()
+        return lines
+
+    lines = asyncio.run(engine_output())
+
+    # Then it sees HF_TOKEN and its own variables, never RunPod's credentials
+    assert "['HF_TOKEN', 'RUN_VAR']" in lines
