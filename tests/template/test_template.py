@@ -409,9 +409,26 @@ def test_only_the_hooks_and_the_openapi_document_skip_the_jwt_authorizer(transla
         "post /v1/hooks/runpod/{job}/{token}": [{"NONE": []}],
         "post /v1/hooks/worker/{job}": [{"NONE": []}],
         "x-amazon-apigateway-any-method /openapi.json": [{"NONE": []}],
+        "options /v1/{proxy+}": [{"NONE": []}],
     }
     jwt = body["components"]["securitySchemes"]["JwtAuthorizer"]["x-amazon-apigateway-authorizer"]
     assert jwt["type"] == "jwt" and jwt["identitySource"] == "$request.header.Authorization"
+
+
+def test_a_browser_preflight_never_meets_the_jwt_authorizer(translated: dict[str, Any]) -> None:
+    # Given the generated OpenAPI body: an ANY route also takes OPTIONS, and API Gateway answers a CORS preflight by
+    # itself only when no route takes OPTIONS on that path (AWS: "Configuring CORS for an HTTP API with a $default
+    # route and an authorizer"); a browser never sends a token on a preflight
+    paths = translated["Resources"]["HttpApi"]["Properties"]["Body"]["paths"]
+
+    # When the paths whose ANY route needs a JWT are paired with the route that takes their OPTIONS requests
+    any_routes = {path: item["x-amazon-apigateway-any-method"] for path, item in paths.items() if "x-amazon-apigateway-any-method" in item}
+    guarded = [path for path, operation in any_routes.items() if operation.get("security") != [{"NONE": []}]]
+    preflight_security = {path: paths[path].get("options", {}).get("security") for path in guarded}
+
+    # Then each has an OPTIONS route without an authorizer, so a preflight gets its CORS answer rather than a 401
+    assert guarded == ["/v1/{proxy+}"]
+    assert preflight_security == {"/v1/{proxy+}": [{"NONE": []}]}
 
 
 def test_cors_allows_the_methods_the_api_documents_and_the_headers_it_reads(sam_template: dict[str, Any]) -> None:

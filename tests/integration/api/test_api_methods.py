@@ -183,3 +183,25 @@ def test_cors_preflight_is_still_answered_by_the_gateway_and_a_405_carries_the_c
     status, headers, _ = wrong_method
     assert status == 405 and dict(headers)["Allow"] == "GET" and dict(headers)["Access-Control-Allow-Origin"] == "*"
     assert [e["requestContext"]["http"]["method"] for e in reached] == ["PATCH"]
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/jobs/job_" + "0" * 20 + "/cancel", "/v1/datasets", "/v1/no-such-route"])
+def test_a_cors_preflight_the_gateway_hands_to_the_function_is_answered_204(api: Api, path: str) -> None:
+    # Given API Gateway routes OPTIONS /v1/{proxy+} to the function without the JWT authorizer (template.yaml: an ANY
+    # route with an authorizer would refuse a browser's token-less preflight with 401), and adds the CORS headers itself
+    # When a browser's preflight (Origin + Access-Control-Request-Method, no token) reaches the function
+    response = invoke(api_event("OPTIONS", path, owner=None, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                                                                       "Access-Control-Request-Headers": "authorization,content-type"}),
+                      api.context)
+
+    # Then it is an empty 204 (a preflight needs a 2xx), decided without reading any owner's data
+    assert (response.status, response.raw.get("body") or "") == (204, "")
+
+
+def test_a_plain_options_request_is_still_a_405(api: Api) -> None:
+    # Given an OPTIONS request that is not a preflight (no Access-Control-Request-Method), without a token
+    # When it reaches the function through the unauthorized OPTIONS route
+    response = api.call("OPTIONS", "/v1/jobs", owner=None)
+
+    # Then it is refused like any method the path does not take
+    _assert_method_not_allowed(response, "OPTIONS", "/v1/jobs", ["GET", "POST"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
@@ -111,6 +111,12 @@ def allowed_methods(app: APIGatewayHttpResolver, path: str) -> tuple[list[str], 
     return sorted({route.method for route in matching}), _ROUTE_PARAM.sub(r"{\1}", matching[0].path)
 
 
+def is_cors_preflight(method: str, headers: Mapping[str, str] | None) -> bool:
+    """A browser's CORS preflight: OPTIONS with Origin and Access-Control-Request-Method (it never carries a token)."""
+    names = {name.lower() for name in (headers or {})}
+    return method.upper() == "OPTIONS" and {"origin", "access-control-request-method"} <= names
+
+
 def method_not_allowed_response(method: str, path_template: str, methods: list[str]) -> Response:
     accepted = ", ".join(methods)
     return error_response(
@@ -151,6 +157,10 @@ def register_error_handlers(app: APIGatewayHttpResolver) -> None:
     def _no_route(exc: NotFoundError) -> Response:
         # Decided before any handler or lookup runs: a 405 says only what the published route table says.
         event = app.current_event
+        if is_cors_preflight(event.http_method, event.headers):
+            # template.yaml routes OPTIONS /v1/{proxy+} here without the JWT authorizer (browsers send no token on a
+            # preflight); API Gateway replaces CORS headers with its CorsConfiguration, so an empty 2xx is the answer.
+            return Response(status_code=204, content_type=None, body="")
         methods, path_template = allowed_methods(app, app._remove_prefix(event.path))
         if path_template is not None:
             logger.info("request refused", extra={"status": 405, "code": "METHOD_NOT_ALLOWED", "allowed_methods": methods})
