@@ -171,15 +171,21 @@ class JobRun:
         started = time.monotonic()
         finals = session.judge(code)
         total = inp.spec.hyperparameters.steps
+        # The engine's watchdog ends with the engine; the uploads after it must end by the time limit too, or RunPod's
+        # executionTimeout (a margin later) kills the worker with nothing reported.
+        time_left = max(0.0, self.t0 + inp.time_limit_seconds - time.monotonic())
         final_uploads = [self.uploader.upload(path, ArtifactKind.FINAL, total, path.name) for path in finals]
         try:
-            uploaded = await asyncio.gather(*final_uploads)
+            uploaded = await asyncio.wait_for(asyncio.gather(*final_uploads), timeout=time_left)
         except UploadError as exc:
             raise WorkerFailure(WorkerErrorCode.UPLOAD_FAILED, str(exc)) from exc
+        except TimeoutError as exc:
+            raise WorkerFailure(WorkerErrorCode.TIMEOUT, f"the time limit ({inp.time_limit_seconds} s) ran out while the final LoRA "
+                                                         "was uploading; the checkpoints stored so far are kept") from exc
         self.extra_artifacts.extend(uploaded)
         self.final = uploaded[0]
         await self._upload_logs()
-        await session.wait_uploads(FINAL_UPLOAD_WAIT_SECONDS)
+        await session.wait_uploads(min(FINAL_UPLOAD_WAIT_SECONDS, max(0.0, self.t0 + inp.time_limit_seconds - time.monotonic())))
         self.timings.upload = round(time.monotonic() - started, 3)
         return self._result("completed")
 

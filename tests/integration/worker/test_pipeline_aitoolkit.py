@@ -259,6 +259,49 @@ def test_time_limit_stops_the_engine_cleanly_and_keeps_the_last_checkpoint(aws_s
     assert 0 < out["steps"] < 200
 
 
+def test_a_final_upload_that_would_outlast_the_time_limit_fails_in_time_with_timeout(aws_stack, toolkit, receiver, tmp_path, monkeypatch):
+    # Given a run whose training used up all but ~2 s of its 60 s limit, and an S3 that stalls on the final LoRA
+    import time as real_time
+
+    from loraforge_worker import pipeline
+    from loraforge_worker.session import TrainingSession
+    from loraforge_worker.uploader import Uploader
+
+    storage, inp = make_input(aws_stack, receiver, "job_slow_final", time_limit_seconds=60)
+    shift = {"seconds": 0.0}
+
+    class ShiftedClock:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real_time, name)
+
+        def monotonic(self) -> float:
+            return real_time.monotonic() + shift["seconds"]
+
+    monkeypatch.setattr(pipeline, "time", ShiftedClock())
+    real_upload, real_judge = Uploader.upload, TrainingSession.judge
+
+    def judged_2_s_before_the_limit(self, code):  # type: ignore[no-untyped-def]
+        shift["seconds"] = 58.0  # the engine ran until 2 s before the limit
+        return real_judge(self, code)
+
+    async def stalls_on_final(self, path, kind, step, name=None):  # type: ignore[no-untyped-def]
+        if kind == "final":
+            await asyncio.sleep(30)
+        return await real_upload(self, path, kind, step, name)
+
+    monkeypatch.setattr(TrainingSession, "judge", judged_2_s_before_the_limit)
+    monkeypatch.setattr(Uploader, "upload", stalls_on_final)
+
+    # When the handler runs
+    started = real_time.monotonic()
+    out = run("job_slow_final", inp, runtime(tmp_path))
+
+    # Then it fails with TIMEOUT within the time left (not after the stalled upload), and no final LoRA is claimed
+    assert real_time.monotonic() - started < 20
+    assert out["status"] == "failed" and out["error"].startswith("TIMEOUT:"), out
+    assert out["final"] is None
+
+
 def _engine_pgid(job_id: str) -> int | None:
     """The process group of the running engine (the supervisor leads it)."""
     for entry in Path("/proc").iterdir():
