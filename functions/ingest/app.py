@@ -1,7 +1,7 @@
 """IngestFunction: S3 "Object Created" (via EventBridge) -> a validated dataset, and a queued job for drop-to-train.
 
-Thin: parse the event with powertools' S3-via-EventBridge model, decode the key in the ONE place keys
-are decoded, call `ingest_object`. A problem with the upload itself never raises (the dataset becomes
+Thin: parse the event with powertools' S3-via-EventBridge model, resolve the key (`object_key_of_event`, the ONE
+place keys are decoded), call `ingest_object`. A problem with the upload itself never raises (the dataset becomes
 `invalid` with reason codes); anything else (S3/DynamoDB errors, a malformed event) raises, so the
 invocation is retried and finally dead-lettered to IngestDLQ, with a log line saying why.
 """
@@ -14,8 +14,7 @@ from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEve
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from loraforge.dal.keys import decode_event_key
-from loraforge.logic.ingest_dataset import ingest_object
+from loraforge.logic.ingest_dataset import ingest_object, object_key_of_event
 from loraforge.observability import logger, metrics, tracer
 
 
@@ -32,7 +31,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     obj = parsed.detail.object
     outcome = ingest_object(
         bucket=parsed.detail.bucket.name,
-        key=decode_event_key(obj.key),
+        key=object_key_of_event(obj.key),
         version_id=obj.version_id,
         etag=obj.etag or None,
         size=int(obj.size) if obj.size is not None else None,

@@ -195,3 +195,20 @@ def test_a_folder_file_grown_after_the_listing_cannot_carry_the_drop_past_the_si
 
     # Then the drop is refused as too large (the bytes read count, not the listing), not zipped past the limit
     assert not isinstance(outcome, tuple) and outcome.error_codes == ["ARCHIVE_TOO_LARGE"]
+
+
+@pytest.mark.parametrize("name", ["c++ notes.zip", "50%+off.zip"])
+def test_a_drop_is_found_whether_the_event_form_encodes_its_key_or_not(ingest: IngestRig, name: str) -> None:
+    # Given a zip whose name has '+', '%' or a space, dropped twice under different names
+    data = build_zip(dataset_entries(6, folder="mychar/"))
+    encoded_key, raw_key = f"incoming/{OWNER}/enc {name}", f"incoming/{OWNER}/raw {name}"
+    encoded_event = ingest.upload(encoded_key, data)  # S3's own form-encoding (' ' -> '+', '+' -> '%2B')
+    raw_event = ingest.upload(raw_key, data)
+    raw_event["detail"]["object"]["key"] = raw_key  # the key as sent, unencoded (what EventBridge is reported to do)
+
+    # When each event reaches ingest
+    outcomes = [ingest.handle(encoded_event), ingest.handle(raw_event)]
+
+    # Then both find their object and validate it; neither is dead-lettered as a missing key
+    assert [o["reason"] for o in outcomes] == ["VALIDATED", "VALIDATED"]
+    assert [ingest.dataset(o["dataset_id"]).source_key for o in outcomes] == [encoded_key, raw_key]

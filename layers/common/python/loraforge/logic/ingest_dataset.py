@@ -80,9 +80,27 @@ class IngestOutcome(BaseModel):
                    job_id=dataset.job_id, errors=[e.code for e in dataset.errors], warnings=dataset.warnings)
 
 
+def object_key_of_event(raw_key: str) -> str:
+    """The object an S3 Object Created event names. S3's own notifications form-encode keys (' ' is '+'); whether the
+    EventBridge ones do is not documented, and a real-AWS report says they do not. So a key that decoding changes is
+    checked: the decoded key when it names an object, else the key as sent when that one does (1-2 HEADs, only for
+    trigger keys with '%' or '+'; a drop named `c++.zip` must not become `c  .zip`)."""
+    decoded = keys.decode_event_key(raw_key)
+    if decoded == raw_key or not any(_starts_ingest(k) for k in (decoded, raw_key)):
+        return decoded  # nothing to tell apart, or a key ingest ignores anyway: no I/O
+    storage = Storage()
+    if storage.head(decoded) is None and storage.head(raw_key) is not None:
+        return raw_key
+    return decoded
+
+
+def _starts_ingest(key: str) -> bool:
+    return keys.parse_dataset_archive_key(key) is not None or keys.parse_drop_key(key) is not None
+
+
 def ingest_object(bucket: str, key: str, version_id: str | None, etag: str | None, size: int | None, *,
                   lambda_context: Any = None) -> IngestOutcome:
-    """Handle one created object. `key` is already URL-decoded (dal.keys.decode_event_key)."""
+    """Handle one created object. `key` is the object's real key (object_key_of_event)."""
     log_keys = {"bucket": bucket, "key": key, "version_id": version_id, "etag": etag, "size": size}
     try:
         if bucket != get_settings().bucket_name:
