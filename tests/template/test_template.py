@@ -505,3 +505,13 @@ def test_signing_key_is_generated_by_secrets_manager(translated: dict[str, Any])
     # Then Secrets Manager generates a 64-character key without punctuation, and the template never holds a value
     assert rule == {"PasswordLength": 64, "ExcludePunctuation": True}
     assert "SecretString" not in secret
+
+
+def test_every_stack_output_the_docs_read_exists(sam_template: dict[str, Any]) -> None:
+    # Given the docs' shell snippets that read stack outputs (`$(out Name)`)
+    named = {name for page in [REPO / "README.md", *(REPO / "docs").glob("*.md")] for name in re.findall(r"\$\(out (\w+)\)", page.read_text())}
+
+    # When they are compared with the template's Outputs
+    # Then each one exists (the webhook redrive needs both queue ARNs)
+    assert {"WebhookDeliveryDLQArn", "WebhookDeliveryQueueArn"} <= named
+    assert named <= set(sam_template["Outputs"])
