@@ -508,10 +508,12 @@ def test_signing_key_is_generated_by_secrets_manager(translated: dict[str, Any])
 
 
 def test_every_stack_output_the_docs_read_exists(sam_template: dict[str, Any]) -> None:
-    # Given the docs' shell snippets that read stack outputs (`$(out Name)`)
-    named = {name for page in [REPO / "README.md", *(REPO / "docs").glob("*.md")] for name in re.findall(r"\$\(out (\w+)\)", page.read_text())}
+    # Given the docs' shell snippets that read stack outputs (`$(out Name)` or `OutputKey=='Name'`)
+    pages = [REPO / "README.md", *(REPO / "docs").glob("*.md")]
+    matches = [m for page in pages for m in re.findall(r"\$\(out (\w+)\)|OutputKey=='(\w+)'", page.read_text())]
+    named = {name for match in matches for name in match if name}
 
     # When they are compared with the template's Outputs
     # Then each one exists (the webhook redrive needs both queue ARNs)
-    assert {"WebhookDeliveryDLQArn", "WebhookDeliveryQueueArn"} <= named
+    assert {"WebhookDeliveryDLQArn", "WebhookDeliveryQueueArn", "ApiUrl", "UserPoolId", "UserPoolClientId"} <= named
     assert named <= set(sam_template["Outputs"])
