@@ -232,3 +232,28 @@ def test_schedule_pump_sends_the_templates_input(aws_stack: StackResources, temp
     assert event.source == "aws.scheduler" and event.detail_type == "Scheduled Event"
     assert event.detail == {"attempt": "1"}
     assert "<aws." not in json.dumps(function.events[0])
+
+
+def test_a_failing_reconcile_run_follows_the_functions_event_invoke_config(
+    aws_stack: StackResources, template: dict[str, Any], refs: TemplateRefs
+) -> None:
+    # Given a reconcile handler that raises (the schedule invokes it asynchronously, as Scheduler does)
+    spec = function_specs(template)["ReconcileFunction"]
+
+    def explode(event: Any) -> None:
+        raise RuntimeError("DynamoDB throttled")
+
+    function = StandInFunction(spec, explode)
+    pump = SchedulePump(function, "Schedule", spec.events["Schedule"]["Properties"], refs, clients, interval=0.01)  # type: ignore[arg-type]
+
+    # When the schedule fires
+    handled = pump.fire()
+
+    # Then it ran 1 + EventInvokeConfig.MaximumRetryAttempts times (0 retries: the next run is the retry), and Lambda's
+    # failure record, not the bare event, is on ReconcileDLQ
+    assert handled is False
+    assert len(function.events) == 1 + int(spec.event_invoke_config["MaximumRetryAttempts"])
+    (message,) = boto3.client("sqs").receive_message(QueueUrl=aws_stack.queues["ReconcileDLQ"])["Messages"]
+    record = json.loads(message["Body"])
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["responsePayload"] == {"errorType": "RuntimeError", "errorMessage": "DynamoDB throttled"}

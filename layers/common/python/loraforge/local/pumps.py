@@ -11,7 +11,8 @@
   then a failure record on the `OnFailure` queue and the shard moves on.
 - SQS → webhook delivery: `BatchSize` messages per invocation; successful ones deleted, failed ones
   left to come back after the queue's visibility timeout (and its redrive policy's DLQ).
-- Schedule → reconcile: the template's `Input`, every `reconcile_interval` seconds locally.
+- Schedule → reconcile: the template's `Input`, every `reconcile_interval` seconds locally; a raising run follows the
+  function's `EventInvokeConfig` (asynchronous invocation), like an EventBridge-invoked one.
 
 Every pump polls; intervals are configurable (default 0.2 s). Invocation timings are kept for the
 benchmarks (`history`).
@@ -129,7 +130,51 @@ class Pump(threading.Thread):
 
 
 # -- S3 via EventBridge ------------------------------------------------------------------------------
-class EventBridgePump(Pump):
+class AsyncInvocation:
+    """Lambda's asynchronous invocation (EventBridge rules and Scheduler invoke this way): a raising invocation is tried
+    again per the function's `EventInvokeConfig` (`MaximumRetryAttempts`, default 2; Lambda waits 1 then 2 minutes,
+    locally the backoff is short), then an invocation record goes to its `OnFailure` destination."""
+
+    function: LocalFunction
+    clients: Callable[[str], Any]
+    name: str
+    poll_interval: float
+    stopping: bool
+
+    def _async_config(self, refs: TemplateRefs) -> None:
+        invoke_config = refs.resolve(dict(self.function.spec.event_invoke_config))
+        self.max_retries = int(invoke_config.get("MaximumRetryAttempts", 2))
+        on_failure = ((invoke_config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+        self.on_failure_url = refs.queue_url_for_arn(on_failure) if on_failure else None
+
+    def invoke_async(self, event: dict[str, Any], picked_up: float | None = None, log_keys: tuple[str, ...] = ()) -> bool:
+        """True if an invocation succeeded; False once every try failed (the failure record is then written)."""
+        attempt = 0
+        while True:
+            _, error = self._call(self.function, event, 1, picked_up or time.time(), log_keys)  # type: ignore[attr-defined]
+            if error is None:
+                return True
+            attempt += 1
+            if attempt > self.max_retries or self.stopping:
+                break
+            if self.wait(retry_delay(attempt, self.poll_interval)):  # type: ignore[attr-defined]
+                break
+        log.error("%s: event %s failed %d invocations", self.name, event.get("id"), attempt)
+        if self.on_failure_url:
+            record = {
+                "version": "1.0",
+                "timestamp": datetime.now(UTC).isoformat(),
+                "requestContext": {"requestId": str(uuid.uuid4()), "functionArn": f"{self.function.context().invoked_function_arn}:$LATEST",
+                                   "condition": "RetriesExhausted", "approximateInvokeCount": attempt},
+                "requestPayload": event,
+                "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+                "responsePayload": {"errorType": type(error).__name__, "errorMessage": str(error)},
+            }
+            self.clients("sqs").send_message(QueueUrl=self.on_failure_url, MessageBody=json.dumps(record, default=str))
+        return False
+
+
+class EventBridgePump(AsyncInvocation, Pump):
     """EventBridge rule (the function's pattern) → SQS capture queue → the function, one event per invocation.
 
     EventBridge invokes Lambda asynchronously, so a raising invocation follows the function's
@@ -149,10 +194,7 @@ class EventBridgePump(Pump):
         props = refs.resolve(dict(properties))
         self.pattern: dict[str, Any] = props["Pattern"]
         self.bus = props.get("EventBusName", "default")
-        invoke_config = refs.resolve(dict(function.spec.event_invoke_config))
-        self.max_retries = int(invoke_config.get("MaximumRetryAttempts", 2))
-        on_failure = ((invoke_config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
-        self.on_failure_url = refs.queue_url_for_arn(on_failure) if on_failure else None
+        self._async_config(refs)
         self.rule_name = f"loraforge-local-{function.spec.logical_id}-{event_name}"[:64]
         self.queue_url = ""
 
@@ -176,30 +218,8 @@ class EventBridgePump(Pump):
 
     def deliver(self, event: dict[str, Any], picked_up: float | None = None) -> bool:
         """Invokes with Lambda's async retries; an event failing every try goes to the on-failure destination. True if handled."""
-        attempt = 0
-        while True:
-            key = ((event.get("detail") or {}).get("object") or {}).get("key") if isinstance(event, dict) else None
-            _, error = self._call(self.function, event, 1, picked_up or time.time(), (str(key),) if key else ())
-            if error is None:
-                return True
-            attempt += 1
-            if attempt > self.max_retries or self.stopping:
-                break
-            if self.wait(retry_delay(attempt, self.poll_interval)):
-                break
-        log.error("%s: event %s failed %d invocations", self.name, event.get("id"), attempt)
-        if self.on_failure_url:
-            record = {
-                "version": "1.0",
-                "timestamp": datetime.now(UTC).isoformat(),
-                "requestContext": {"requestId": str(uuid.uuid4()), "functionArn": f"{self.function.context().invoked_function_arn}:$LATEST",
-                                   "condition": "RetriesExhausted", "approximateInvokeCount": attempt},
-                "requestPayload": event,
-                "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-                "responsePayload": {"errorType": type(error).__name__, "errorMessage": str(error)},
-            }
-            self.clients("sqs").send_message(QueueUrl=self.on_failure_url, MessageBody=json.dumps(record, default=str))
-        return False
+        key = ((event.get("detail") or {}).get("object") or {}).get("key") if isinstance(event, dict) else None
+        return self.invoke_async(event, picked_up, (str(key),) if key else ())
 
 
 # -- DynamoDB stream -----------------------------------------------------------------------------------
@@ -416,7 +436,7 @@ class SqsPump(Pump):
 
 
 # -- Schedule ----------------------------------------------------------------------------------------------
-class SchedulePump(Pump):
+class SchedulePump(AsyncInvocation, Pump):
     """EventBridge Scheduler → the function, every `interval` seconds (the template's rate is for AWS; locally it is short)."""
 
     source = "schedule"
@@ -430,10 +450,9 @@ class SchedulePump(Pump):
         self.account_id = account_id
         self.schedule_arn = f"arn:aws:scheduler:{self.region}:{account_id}:schedule/default/loraforge-local-{function.spec.logical_id}"
         self.input_template = self._sub(properties.get("Input"))
-        retry = properties.get("RetryPolicy") or {}
-        self.max_retries = int(retry.get("MaximumRetryAttempts", 185))
-        dlq = (properties.get("DeadLetterConfig") or {}).get("Arn")
-        self.dlq_url = refs.queue_url_for_arn(refs.resolve(dlq)) if dlq else None
+        # Scheduler invokes asynchronously: its RetryPolicy/DeadLetterConfig cover invocations it cannot make (none here);
+        # a raising run follows the function's EventInvokeConfig, as in AWS.
+        self._async_config(refs)
 
     def _sub(self, value: Any) -> str | None:
         text = value.get("Fn::Sub") if isinstance(value, dict) else value
@@ -456,15 +475,4 @@ class SchedulePump(Pump):
         return False
 
     def fire(self) -> bool:
-        attempt = 1
-        while True:
-            event = self.event(attempt)
-            _, error = self._call(self.function, event, 1, time.time())
-            if error is None:
-                return True
-            if attempt > self.max_retries or self.wait(retry_delay(attempt, 0.5)):
-                break
-            attempt += 1
-        if self.dlq_url:
-            self.clients("sqs").send_message(QueueUrl=self.dlq_url, MessageBody=json.dumps(event))
-        return False
+        return self.invoke_async(self.event())
