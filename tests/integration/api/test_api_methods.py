@@ -166,7 +166,7 @@ def test_the_openapi_document_answers_405_to_other_methods_without_a_token(
     assert [e["routeKey"] for e in reached] == ["ANY /openapi.json"]
 
 
-def test_cors_preflight_is_still_answered_by_the_gateway_and_a_405_carries_the_cors_origin(
+def test_cors_preflight_is_answered_through_the_open_options_route_and_a_405_carries_the_cors_origin(
         api: Api, gateway: tuple[LocalApiGateway, LocalIssuer, list[dict[str, Any]]]) -> None:
     # Given a browser on another origin and a job
     local, issuer, reached = gateway
@@ -175,14 +175,15 @@ def test_cors_preflight_is_still_answered_by_the_gateway_and_a_405_carries_the_c
     preflight = local.handle("OPTIONS", target, _headers(None, Origin="https://app.example", Access_Control_Request_Method="GET",
                                                           Access_Control_Request_Headers="authorization"), b"")
     wrong_method = local.handle("PATCH", target, _headers(issuer, Origin="https://app.example"), b"")
-    # Then the preflight is the gateway's 204 with the template's CORS headers, without reaching the function
+    # Then the preflight reaches the function through the unauthenticated OPTIONS route and is a 204 with the template's
+    # CORS headers (API Gateway adds them)
     status, headers, _ = preflight
     assert status == 204 and dict(headers)["Access-Control-Allow-Origin"] == "*"
     assert "Authorization" in dict(headers)["Access-Control-Allow-Headers"]
     # and the 405 carries the CORS origin, so the page can read the error and its details.allowed_methods
     status, headers, _ = wrong_method
     assert status == 405 and dict(headers)["Allow"] == "GET" and dict(headers)["Access-Control-Allow-Origin"] == "*"
-    assert [e["requestContext"]["http"]["method"] for e in reached] == ["PATCH"]
+    assert [e["requestContext"]["http"]["method"] for e in reached] == ["OPTIONS", "PATCH"]
 
 
 @pytest.mark.parametrize("path", ["/v1/jobs", "/v1/jobs/job_" + "0" * 20 + "/cancel", "/v1/datasets", "/v1/no-such-route"])

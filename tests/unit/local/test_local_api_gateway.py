@@ -166,16 +166,37 @@ def test_lambda_result_mapping() -> None:
     assert http_response({"items": []}) == (200, [("Content-Type", "application/json")], b'{"items": []}')
 
 
-def test_cors_preflight_is_answered_by_the_gateway(template: dict[str, Any], issuer: LocalIssuer) -> None:
-    function = RecordingFunction()
+PREFLIGHT = [("Origin", "http://localhost:5173"), ("Access-Control-Request-Method", "POST")]
 
-    status, headers, _ = gateway(template, issuer, function).handle(
-        "OPTIONS", "/v1/jobs", [("Origin", "http://localhost:5173"), ("Access-Control-Request-Method", "POST")], b""
-    )
 
-    assert status == 204 and function.events == []
+def test_a_preflight_goes_to_the_route_that_takes_options_and_gets_the_cors_headers(template: dict[str, Any], issuer: LocalIssuer) -> None:
+    # Given the template's routes (OPTIONS /v1/{proxy+} without an authorizer) and a function answering 204
+    function = RecordingFunction(result={"statusCode": 204, "headers": {}, "body": ""})
+
+    # When a browser's token-less preflight arrives
+    status, headers, _ = gateway(template, issuer, function).handle("OPTIONS", "/v1/jobs", PREFLIGHT, b"")
+
+    # Then, as in API Gateway, the route that takes OPTIONS gets it (no authorizer) and the CORS headers are added
+    assert status == 204 and [e["requestContext"]["http"]["method"] for e in function.events] == ["OPTIONS"]
     assert dict(headers)["Access-Control-Allow-Origin"] == "*"
     assert "Authorization" in dict(headers)["Access-Control-Allow-Headers"]
+
+
+def test_a_preflight_meeting_an_authorized_route_is_401_and_one_no_route_takes_is_the_gateways(
+    template: dict[str, Any], issuer: LocalIssuer
+) -> None:
+    # Given the routes without the unauthenticated OPTIONS route (an ANY route with the JWT authorizer takes OPTIONS)
+    function = RecordingFunction()
+    routes = [r for r in routes_from_template(template) if r.method != "OPTIONS"]
+    local = LocalApiGateway(function, routes, issuer, cors_from_template(template))
+
+    # When preflights arrive for a path the ANY route covers, and for one no route covers
+    covered = local.handle("OPTIONS", "/v1/jobs", PREFLIGHT, b"")
+    uncovered = local.handle("OPTIONS", "/elsewhere", PREFLIGHT, b"")
+
+    # Then the first meets the authorizer (a browser never sends a token on a preflight), the second is answered by the gateway
+    assert covered[0] == 401 and uncovered[0] == 204 and function.events == []
+    assert dict(uncovered[1])["Access-Control-Allow-Origin"] == "*"
 
 
 def test_server_listens_on_loopback_and_bounds_the_body(template: dict[str, Any], issuer: LocalIssuer) -> None:

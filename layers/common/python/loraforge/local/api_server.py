@@ -185,10 +185,15 @@ class LocalApiGateway:
         parts = urlsplit(target)
         raw_path = parts.path or "/"
         origin = next((v for k, v in headers if k.lower() == "origin"), None)
-        if method == "OPTIONS" and self.cors and origin and any(k.lower() == "access-control-request-method" for k, _ in headers):
+        preflight = method == "OPTIONS" and self.cors and origin and any(k.lower() == "access-control-request-method" for k, _ in headers)
+        # API Gateway answers a preflight itself only when no route takes OPTIONS; a route that does (ANY, OPTIONS, $default)
+        # gets it like any request, authorizer included, and API Gateway adds the CORS headers to the integration's answer.
+        if preflight and not any(route.match("OPTIONS", raw_path) is not None for route in self.routes):
             return 204, self._preflight_headers(), b""
         status, out_headers, out_body = self._route(method, raw_path, parts.query, headers, body)
-        if self.cors and origin:
+        if preflight:
+            out_headers = [*out_headers, *self._preflight_headers()]
+        elif self.cors and origin:
             out_headers = [*out_headers, ("Access-Control-Allow-Origin", self._allowed_origin(origin))]
         return status, out_headers, out_body
 
