@@ -103,6 +103,14 @@ class ControlPlane:
         self.table.create_job(job)
         return job
 
+    def running_job(self, **seed: Any) -> Job:
+        """A seeded job, dispatched, whose worker has started (its `started` event accepted)."""
+        job = self.seed_job(**seed)
+        self.dispatch(job.id)
+        answer = self.start_worker(job.id)
+        assert answer.status == 200, answer.body
+        return self.job(job.id)
+
     def job(self, job_id: str) -> Job:
         job = self.table.get_job(job_id)
         assert job is not None

@@ -14,13 +14,6 @@ from tests.integration.dispatch.helpers import ControlPlane
 from tests.support.fake_runpod import Reply
 
 
-def running_job(plane: ControlPlane, **seed):
-    job = plane.seed_job(**seed)
-    plane.dispatch(job.id)
-    plane.start_worker(job.id)
-    return plane.job(job.id)
-
-
 def terminal_events(plane: ControlPlane, job_id: str) -> list[str]:
     ends = {EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED}
     return [str(e.type) for e in plane.table.list_events(job_id) if e.type in ends]
@@ -41,7 +34,7 @@ def test_cancel_of_a_queued_job_never_calls_runpod(plane: ControlPlane) -> None:
 
 def test_cancel_of_a_running_job_calls_runpod_cancel_once_and_ends_cancelled(plane: ControlPlane) -> None:
     # Given a running job
-    job = running_job(plane)
+    job = plane.running_job()
 
     # When its owner cancels it (twice: a double click)
     first = cancel_job(job.owner, job.id, keep_latest=False)
@@ -84,7 +77,7 @@ def test_cancel_while_the_run_outcome_is_unknown_ends_at_once_and_a_late_worker_
 
 def test_cancel_with_keep_latest_makes_the_newest_checkpoint_the_result(plane: ControlPlane) -> None:
     # Given a running job with two stored checkpoints
-    job = running_job(plane)
+    job = plane.running_job()
     for seq, step in ((2, 10), (3, 20)):
         plane.worker_event(job.id, "checkpoint", seq, plane.checkpoint(job, step).model_dump(mode="json"))
 
@@ -99,7 +92,7 @@ def test_cancel_with_keep_latest_makes_the_newest_checkpoint_the_result(plane: C
 
 
 def test_cancel_of_a_finished_job_is_409_and_another_owners_job_is_404(plane: ControlPlane) -> None:
-    job = running_job(plane)
+    job = plane.running_job()
     plane.runpod_webhook(job.id, plane.finish_on_runpod(job.id))
 
     with pytest.raises(Conflict) as finished:
@@ -114,7 +107,7 @@ def test_cancel_of_a_finished_job_is_409_and_another_owners_job_is_404(plane: Co
 @pytest.mark.parametrize("order", ["completion_first", "cancel_first", "together"])
 def test_cancel_racing_completion_ends_in_exactly_one_terminal_state(plane: ControlPlane, order: str) -> None:
     # Given a running job whose run just completed on RunPod
-    job = running_job(plane)
+    job = plane.running_job()
     body = plane.finish_on_runpod(job.id)
     outcomes: list[object] = []
 
@@ -151,7 +144,7 @@ def test_cancel_racing_completion_ends_in_exactly_one_terminal_state(plane: Cont
 
 def test_retry_of_a_failed_job_resumes_from_its_newest_checkpoint(plane: ControlPlane) -> None:
     # Given a job that stored checkpoints (with optimizer state) and then failed with a user error
-    job = running_job(plane)
+    job = plane.running_job()
     for seq, step in ((2, 10), (4, 20)):
         plane.worker_event(job.id, "checkpoint", seq, plane.checkpoint(job, step, ArtifactKind.OPTIMIZER).model_dump(mode="json"))
         plane.worker_event(job.id, "checkpoint", seq + 1, plane.checkpoint(job, step).model_dump(mode="json"))
@@ -181,7 +174,7 @@ def test_retry_of_a_failed_job_resumes_from_its_newest_checkpoint(plane: Control
 
 def test_a_retry_that_died_before_its_created_event_is_completed_by_the_next_call(plane: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a failed job, and a retry call that dies right after writing the new job (before its `created` event)
-    job = running_job(plane)
+    job = plane.running_job()
     plane.runpod.fail(job.runpod_job_id or "", "GPU_OOM: out of memory", output=plane.result(job, status="failed"))
     plane.runpod_webhook(job.id, plane.runpod.webhook_body(job.runpod_job_id or ""))
     real_append = JobsTable.append_event
@@ -216,7 +209,7 @@ def test_retry_of_a_job_that_is_not_failed_or_cancelled_is_409(plane: ControlPla
 def test_system_failure_is_retried_automatically_once_from_the_newest_checkpoint(plane: ControlPlane, configure) -> None:
     # Given one automatic retry allowed, and a running job with a checkpoint at step 10
     configure(MAX_AUTO_RETRIES="1")
-    job = running_job(plane)
+    job = plane.running_job()
     plane.worker_event(job.id, "checkpoint", 2, plane.checkpoint(job, 10).model_dump(mode="json"))
 
     # When the worker crashes

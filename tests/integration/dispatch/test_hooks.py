@@ -12,16 +12,9 @@ from tests.integration.dispatch.helpers import ControlPlane
 from tests.support.events import load_event
 
 
-def running_job(plane: ControlPlane, **seed):
-    job = plane.seed_job(**seed)
-    plane.dispatch(job.id)
-    assert plane.start_worker(job.id).status == 200
-    return plane.job(job.id)
-
-
 def test_completion_webhook_applies_the_result_and_the_actual_cost(plane: ControlPlane) -> None:
     # Given a running job whose RunPod run completed after 60 s of execution and 1.5 s of delay
-    job = running_job(plane)
+    job = plane.running_job()
     body = plane.finish_on_runpod(job.id, execution_ms=60_000, delay_ms=1_500)
 
     # When RunPod's webhook arrives
@@ -41,7 +34,7 @@ def test_completion_webhook_applies_the_result_and_the_actual_cost(plane: Contro
 
 def test_failed_run_webhook_fails_the_job_with_the_workers_reason_and_cost(plane: ControlPlane) -> None:
     # Given a running job whose run failed on RunPod as in events/runpod_webhook_failed.json (GPU out of memory)
-    job = running_job(plane)
+    job = plane.running_job()
     sample = load_event("runpod_webhook_failed")
     run_id = job.runpod_job_id or ""
     plane.runpod.fail(run_id, sample["error"], output={**sample["output"], "job_id": job.id},
@@ -62,7 +55,7 @@ def test_failed_run_webhook_fails_the_job_with_the_workers_reason_and_cost(plane
 
 def test_webhook_delivered_twice_changes_nothing_the_second_time(plane: ControlPlane) -> None:
     # Given a job finished by the webhook
-    job = running_job(plane)
+    job = plane.running_job()
     body = plane.finish_on_runpod(job.id)
     plane.runpod_webhook(job.id, body)
     before = plane.job(job.id)
@@ -80,7 +73,7 @@ def test_webhook_delivered_twice_changes_nothing_the_second_time(plane: ControlP
 
 def test_worker_event_after_the_end_changes_nothing(plane: ControlPlane) -> None:
     # Given a finished job
-    job = running_job(plane)
+    job = plane.running_job()
     plane.runpod_webhook(job.id, plane.finish_on_runpod(job.id))
     before = plane.job(job.id)
 
@@ -98,7 +91,7 @@ def test_worker_event_after_the_end_changes_nothing(plane: ControlPlane) -> None
 
 def test_forged_webhook_token_is_refused_and_nothing_changes(plane: ControlPlane) -> None:
     # Given a running job whose run completed
-    job = running_job(plane)
+    job = plane.running_job()
     body = plane.finish_on_runpod(job.id)
     before = plane.job(job.id)
 
@@ -114,7 +107,7 @@ def test_forged_webhook_token_is_refused_and_nothing_changes(plane: ControlPlane
 @pytest.mark.parametrize("forgery", ["wrong_secret", "stale_timestamp", "tampered_body"])
 def test_badly_signed_worker_event_is_refused_and_nothing_changes(plane: ControlPlane, forgery: str) -> None:
     # Given a running job
-    job = running_job(plane)
+    job = plane.running_job()
     before = plane.job(job.id)
     data = {"step": 5, "total_steps": before.progress.total_steps, "loss": 0.3}
 
@@ -134,7 +127,7 @@ def test_badly_signed_worker_event_is_refused_and_nothing_changes(plane: Control
 
 def test_webhook_claiming_completed_while_runpod_says_in_progress_is_ignored(plane: ControlPlane) -> None:
     # Given a running job whose run is still IN_PROGRESS on RunPod
-    job = running_job(plane)
+    job = plane.running_job()
     body = plane.runpod.webhook_body(job.runpod_job_id or "", status="COMPLETED", output=plane.result(job))
 
     # When a webhook claims it COMPLETED
@@ -148,7 +141,7 @@ def test_webhook_claiming_completed_while_runpod_says_in_progress_is_ignored(pla
 
 def test_webhook_for_another_run_is_ignored(plane: ControlPlane) -> None:
     # Given a running job
-    job = running_job(plane)
+    job = plane.running_job()
     body = plane.finish_on_runpod(job.id)
 
     # When a webhook names a RunPod job that is not the job's run
@@ -223,7 +216,7 @@ def test_a_malformed_resume_warning_is_refused_and_changes_nothing(plane: Contro
 
 def test_event_of_an_older_attempt_is_ignored(plane: ControlPlane) -> None:
     # Given a running job
-    job = running_job(plane)
+    job = plane.running_job()
     before = plane.job(job.id)
 
     # When an event of attempt 0 arrives
@@ -236,7 +229,7 @@ def test_event_of_an_older_attempt_is_ignored(plane: ControlPlane) -> None:
 
 def test_a_second_run_of_the_same_dispatch_is_told_to_stop_and_cancelled(plane: ControlPlane) -> None:
     # Given a job whose run has started
-    job = running_job(plane)
+    job = plane.running_job()
 
     # When another RunPod run of the same dispatch starts (RunPod ran the job twice)
     answer = plane.start_worker(job.id, runpod_job_id="duplicate-run-u1", seq=1)
@@ -249,7 +242,7 @@ def test_a_second_run_of_the_same_dispatch_is_told_to_stop_and_cancelled(plane: 
 
 def test_the_refused_runs_own_failure_report_does_not_touch_the_job(plane: ControlPlane) -> None:
     # Given a running job, and a duplicate run that was refused with 409
-    job = running_job(plane)
+    job = plane.running_job()
     assert plane.start_worker(job.id, runpod_job_id="duplicate-run-u1", seq=1).status == 409
 
     # When that duplicate reports its own stop (same attempt, signed with the same per-job secret)
@@ -263,7 +256,7 @@ def test_the_refused_runs_own_failure_report_does_not_touch_the_job(plane: Contr
 
 def test_events_of_a_refused_duplicate_run_are_told_apart_from_the_real_runs(plane: ControlPlane) -> None:
     # Given a running job, and a duplicate run of the same dispatch that was refused with 409
-    job = running_job(plane)
+    job = plane.running_job()
     duplicate = "duplicate-run-u1"
     assert plane.start_worker(job.id, runpod_job_id=duplicate, seq=1).status == 409
     stray = plane.checkpoint(job, 40)
@@ -289,7 +282,7 @@ def test_events_of_a_refused_duplicate_run_are_told_apart_from_the_real_runs(pla
 
 def test_checkpoints_beyond_keep_are_deleted_from_s3(plane: ControlPlane) -> None:
     # Given a running job that keeps 2 checkpoints
-    job = running_job(plane, keep=2)
+    job = plane.running_job(keep=2)
     checkpoints = [plane.checkpoint(job, step) for step in (10, 20, 30)]
     optimizers = [plane.checkpoint(job, step, ArtifactKind.OPTIMIZER) for step in (10, 20, 30)]
 
@@ -308,7 +301,7 @@ def test_checkpoints_beyond_keep_are_deleted_from_s3(plane: ControlPlane) -> Non
 
 def test_the_end_of_run_manifest_does_not_bring_back_pruned_checkpoints(plane: ControlPlane) -> None:
     # Given a job that keeps 2 checkpoints, whose worker reported three (the oldest was pruned from S3 and the listing)
-    job = running_job(plane, keep=2)
+    job = plane.running_job(keep=2)
     checkpoints = [plane.checkpoint(job, step) for step in (10, 20, 30)]
     for seq, ckpt in enumerate(checkpoints, start=2):
         assert plane.worker_event(job.id, "checkpoint", seq, ckpt.model_dump(mode="json")).status == 200
@@ -327,7 +320,7 @@ def test_the_end_of_run_manifest_does_not_bring_back_pruned_checkpoints(plane: C
 
 def test_artifact_outside_the_job_prefix_is_refused(plane: ControlPlane) -> None:
     # Given a running job and another job's checkpoint
-    job = running_job(plane)
+    job = plane.running_job()
     other = plane.seed_job()
     foreign = plane.checkpoint(other, 10)
 
@@ -341,7 +334,7 @@ def test_artifact_outside_the_job_prefix_is_refused(plane: ControlPlane) -> None
 
 def test_artifact_named_other_than_its_key_is_refused(plane: ControlPlane) -> None:
     # Given a running job and one of its own checkpoints, renamed to climb out of a download folder
-    job = running_job(plane)
+    job = plane.running_job()
     renamed = plane.checkpoint(job, 10).model_copy(update={"name": "../../.bashrc"})
 
     # When the worker reports it
@@ -354,7 +347,7 @@ def test_artifact_named_other_than_its_key_is_refused(plane: ControlPlane) -> No
 
 def test_worker_completed_event_ends_the_job_and_the_webhook_adds_the_cost(plane: ControlPlane) -> None:
     # Given a running job whose worker reports completion before RunPod's webhook
-    job = running_job(plane)
+    job = plane.running_job()
     result = plane.result(job)
     answer = plane.worker_event(job.id, "completed", 5, result)
     assert answer.status == 200 and plane.job(job.id).status == JobStatus.SUCCEEDED

@@ -12,13 +12,6 @@ from loraforge.models import Artifact, JobStatus, utcnow
 from tests.integration.dispatch.helpers import ControlPlane
 
 
-def running_job(plane: ControlPlane, **seed):
-    job = plane.seed_job(**seed)
-    plane.dispatch(job.id)
-    plane.start_worker(job.id)
-    return plane.job(job.id)
-
-
 def make_silent(plane: ControlPlane, job_id: str, *, minutes: int) -> None:
     """The run was dispatched and started before its last event, `minutes` ago."""
     then = utcnow() - timedelta(minutes=minutes)
@@ -27,7 +20,7 @@ def make_silent(plane: ControlPlane, job_id: str, *, minutes: int) -> None:
 
 def test_webhook_that_never_arrives_is_applied_by_reconcile(plane: ControlPlane) -> None:
     # Given a run that completed on RunPod, and its webhook was lost
-    job = running_job(plane)
+    job = plane.running_job()
     plane.finish_on_runpod(job.id, execution_ms=30_000, delay_ms=0)
 
     # When reconcile runs
@@ -46,7 +39,7 @@ def test_webhook_that_never_arrives_is_applied_by_reconcile(plane: ControlPlane)
 def test_run_runpod_has_forgotten_fails_the_job_or_retries_it(plane: ControlPlane, configure) -> None:
     # Given no automatic retries, and a run RunPod no longer knows (past its 30-minute retention)
     configure(MAX_AUTO_RETRIES="0")
-    job = running_job(plane)
+    job = plane.running_job()
     plane.set_fields(job.id, dispatched_at=utcnow() - timedelta(hours=2))
     plane.runpod.forget(job.runpod_job_id or "")
 
@@ -62,7 +55,7 @@ def test_run_runpod_has_forgotten_fails_the_job_or_retries_it(plane: ControlPlan
 def test_forgotten_run_whose_worker_uploaded_the_final_lora_succeeds(plane: ControlPlane) -> None:
     # Given a run whose final file was recorded (the worker's completed event got that far before the function died),
     # no end was ever applied, and RunPod has forgotten the run
-    job = running_job(plane)
+    job = plane.running_job()
     final = plane.result(job)["final"]
     plane.table.put_artifact(job.id, Artifact.model_validate(final))
     plane.set_fields(job.id, dispatched_at=utcnow() - timedelta(hours=2))
@@ -80,7 +73,7 @@ def test_forgotten_run_whose_worker_uploaded_the_final_lora_succeeds(plane: Cont
 def test_silent_worker_is_stopped_and_its_job_retried(plane: ControlPlane, configure) -> None:
     # Given one automatic retry, and a worker that has sent nothing for longer than the silence limit
     configure(MAX_AUTO_RETRIES="1", WORKER_SILENCE_SECONDS="60")
-    job = running_job(plane)
+    job = plane.running_job()
     silent_run = job.runpod_job_id or ""
     make_silent(plane, job.id, minutes=5)
 
@@ -95,13 +88,13 @@ def test_silent_worker_is_stopped_and_its_job_retried(plane: ControlPlane, confi
 
 def test_leaked_capacity_slot_is_released(plane: ControlPlane) -> None:
     # Given a finished job whose id is still in both semaphores (a leak), and a queued job that cannot start
-    done = running_job(plane)
+    done = plane.running_job()
     plane.runpod_webhook(done.id, plane.finish_on_runpod(done.id))
     ddb = client("dynamodb")
     for pk in (GLOBAL_CAPACITY, owner_capacity_pk(done.owner)):
         ddb.update_item(TableName=plane.table.name, Key={"pk": {"S": pk}, "sk": {"S": "META"}},
                         UpdateExpression="ADD holders :j", ExpressionAttributeValues={":j": {"SS": [done.id]}})
-    active = running_job(plane)
+    active = plane.running_job()
 
     # When reconcile runs
     report = plane.reconcile()
@@ -117,7 +110,7 @@ def test_cancel_runpod_did_not_act_on_is_sent_again(plane: ControlPlane) -> None
     from loraforge.logic.cancel_job import cancel_job
     from tests.support.fake_runpod import Reply
 
-    job = running_job(plane)
+    job = plane.running_job()
     plane.runpod.script("cancel", *[Reply(500)] * 4)
     cancel_job(job.owner, job.id, keep_latest=False)
     plane.set_fields(job.id, updated_at=utcnow() - timedelta(minutes=10))
@@ -135,7 +128,7 @@ def test_retry_of_a_silent_run_is_not_judged_by_the_old_runs_silence(plane: Cont
     # Given a silent worker whose job reconcile stopped and retried, and the retry's run has just been taken by a
     # RunPod worker that is still loading (it has not sent its first event yet)
     configure(MAX_AUTO_RETRIES="2", WORKER_SILENCE_SECONDS="60")
-    job = running_job(plane)
+    job = plane.running_job()
     make_silent(plane, job.id, minutes=5)
     plane.reconcile()
     retry_run = plane.runpod_id(job.id)

@@ -10,16 +10,9 @@ from loraforge.models import Job, JobStatus
 from tests.integration.dispatch.helpers import ControlPlane, price
 
 
-def running_job(plane: ControlPlane, **seed) -> Job:
-    job = plane.seed_job(**seed)
-    plane.dispatch(job.id)
-    assert plane.start_worker(job.id).status == 200
-    return plane.job(job.id)
-
-
 def finished_by_the_worker(plane: ControlPlane) -> Job:
     """A job that succeeded on the worker's `completed` event (it arrives before RunPod's webhook)."""
-    job = running_job(plane)
+    job = plane.running_job()
     answer = plane.worker_event(job.id, "completed", 5, plane.result(job), runpod_job_id=job.runpod_job_id)
     assert answer.status == 200 and plane.job(job.id).status == JobStatus.SUCCEEDED
     return plane.job(job.id)
@@ -94,7 +87,7 @@ def test_a_webhook_that_arrives_after_all_settles_the_run_without_asking_runpod_
 def test_the_run_an_automatic_retry_leaves_behind_is_billed_too(plane: ControlPlane, configure) -> None:
     # Given one automatic retry, and a run that failed with a system error reported by its worker
     configure(MAX_AUTO_RETRIES="1")
-    job = running_job(plane)
+    job = plane.running_job()
     first_run = job.runpod_job_id or ""
     failed = plane.result(job, status="failed", error={"code": "ENGINE_CRASHED", "message": "exit 1", "kind": "system"})
     assert plane.worker_event(job.id, "failed", 5, failed, runpod_job_id=first_run).status == 200

@@ -17,15 +17,6 @@ from tests.support.apigw import call_api
 PARTS = ("high_noise", "low_noise")
 
 
-def running_job(plane: ControlPlane, preset: str, steps: int) -> Job:
-    job = plane.seed_job(preset=preset, steps=steps)
-    plane.dispatch(job.id)
-    plane.start_worker(job.id)
-    return plane.job(job.id)
-
-
-
-
 def split_finals(job: Job) -> list[Artifact]:
     return [stored_artifact(job, ArtifactKind.FINAL, f"{job.id}_{part}.safetensors", job.hyperparameters.steps) for part in PARTS]
 
@@ -41,7 +32,7 @@ def complete_on_runpod(plane: ControlPlane, job: Job, finals: list[Artifact]) ->
 
 def test_a_wan22_result_names_both_expert_files_and_the_api_lists_them_with_download_links(plane: ControlPlane) -> None:
     # Given a running Wan 2.2 14B job whose worker uploaded its final LoRA as two files
-    job = running_job(plane, "wan22-14b", 1000)
+    job = plane.running_job(preset="wan22-14b", steps=1000)
     finals = split_finals(job)
 
     # When RunPod reports the run completed with the worker's manifest
@@ -64,7 +55,7 @@ def test_a_wan22_result_names_both_expert_files_and_the_api_lists_them_with_down
 
 def test_a_single_file_result_is_unchanged_but_for_the_files_list(plane: ControlPlane) -> None:
     # Given a running tiny-sd job
-    job = running_job(plane, "tiny-sd", 30)
+    job = plane.running_job(preset="tiny-sd", steps=30)
 
     # When RunPod completes it with the usual one-file manifest
     assert plane.runpod_webhook(job.id, plane.finish_on_runpod(job.id)).status == 200
@@ -79,7 +70,7 @@ def test_a_single_file_result_is_unchanged_but_for_the_files_list(plane: Control
 
 def test_keep_latest_on_a_wan22_job_keeps_both_files_of_the_newest_checkpoint(plane: ControlPlane) -> None:
     # Given a running Wan 2.2 14B job that stored both expert files of its step-250 checkpoint
-    job = running_job(plane, "wan22-14b", 1000)
+    job = plane.running_job(preset="wan22-14b", steps=1000)
     seq = 2
     for part in reversed(PARTS):
         checkpoint = stored_artifact(job, ArtifactKind.CHECKPOINT, f"{job.id}_000000250_{part}.safetensors", 250)

@@ -16,15 +16,6 @@ from tests.integration.dispatch.helpers import ControlPlane, stored_artifact
 PARTS = ("_high_noise", "_low_noise")
 
 
-def running_wan_job(plane: ControlPlane) -> Job:
-    job = plane.seed_job(preset="wan22-14b", steps=1000)
-    plane.dispatch(job.id)
-    plane.start_worker(job.id)
-    return plane.job(job.id)
-
-
-
-
 def report_split_checkpoint(plane: ControlPlane, job: Job, step: int, seq: int) -> int:
     """The worker's events for one Wan 2.2 save: optimizer state, then the low- and high-noise files. Returns the next seq."""
     run = job.id  # AI-Toolkit's config.name is the job id: file names derive from it
@@ -48,7 +39,7 @@ def assert_resumes_both_experts(worker_input: WorkerInput, job: Job, step: int) 
 
 def test_a_manual_retry_of_a_wan22_job_resumes_both_experts_of_its_newest_checkpoint(plane: ControlPlane) -> None:
     # Given a running Wan 2.2 job that stored split checkpoints at steps 250 and 500, then ran out of GPU memory
-    job = running_wan_job(plane)
+    job = plane.running_job(preset="wan22-14b", steps=1000)
     seq = report_split_checkpoint(plane, job, 250, 2)
     report_split_checkpoint(plane, job, 500, seq)
     plane.runpod.fail(job.runpod_job_id or "", "GPU_OOM: out of memory at batch 4", output=plane.result(job, status="failed"))
@@ -69,7 +60,7 @@ def test_a_manual_retry_of_a_wan22_job_resumes_both_experts_of_its_newest_checkp
 def test_the_automatic_retry_of_a_wan22_job_resumes_both_experts(plane: ControlPlane, configure) -> None:
     # Given one automatic retry allowed, and a running Wan 2.2 job with a split checkpoint at step 250
     configure(MAX_AUTO_RETRIES="1")
-    job = running_wan_job(plane)
+    job = plane.running_job(preset="wan22-14b", steps=1000)
     report_split_checkpoint(plane, job, 250, 2)
 
     # When the worker crashes
