@@ -130,16 +130,13 @@ class Pump(threading.Thread):
 
 
 # -- S3 via EventBridge ------------------------------------------------------------------------------
-class AsyncInvocation:
-    """Lambda's asynchronous invocation (EventBridge rules and Scheduler invoke this way): a raising invocation is tried
+class AsyncInvocationPump(Pump):
+    """A pump whose source invokes Lambda asynchronously (EventBridge rules, Scheduler): a raising invocation is tried
     again per the function's `EventInvokeConfig` (`MaximumRetryAttempts`, default 2; Lambda waits 1 then 2 minutes,
     locally the backoff is short), then an invocation record goes to its `OnFailure` destination."""
 
     function: LocalFunction
     clients: Callable[[str], Any]
-    name: str
-    poll_interval: float
-    stopping: bool
 
     def _async_config(self, refs: TemplateRefs) -> None:
         invoke_config = refs.resolve(dict(self.function.spec.event_invoke_config))
@@ -151,13 +148,13 @@ class AsyncInvocation:
         """True if an invocation succeeded; False once every try failed (the failure record is then written)."""
         attempt = 0
         while True:
-            _, error = self._call(self.function, event, 1, picked_up or time.time(), log_keys)  # type: ignore[attr-defined]
+            _, error = self._call(self.function, event, 1, picked_up or time.time(), log_keys)
             if error is None:
                 return True
             attempt += 1
             if attempt > self.max_retries or self.stopping:
                 break
-            if self.wait(retry_delay(attempt, self.poll_interval)):  # type: ignore[attr-defined]
+            if self.wait(retry_delay(attempt, self.poll_interval)):
                 break
         log.error("%s: event %s failed %d invocations", self.name, event.get("id"), attempt)
         if self.on_failure_url:
@@ -174,7 +171,7 @@ class AsyncInvocation:
         return False
 
 
-class EventBridgePump(AsyncInvocation, Pump):
+class EventBridgePump(AsyncInvocationPump):
     """EventBridge rule (the function's pattern) → SQS capture queue → the function, one event per invocation.
 
     EventBridge invokes Lambda asynchronously, so a raising invocation follows the function's
@@ -436,7 +433,7 @@ class SqsPump(Pump):
 
 
 # -- Schedule ----------------------------------------------------------------------------------------------
-class SchedulePump(AsyncInvocation, Pump):
+class SchedulePump(AsyncInvocationPump):
     """EventBridge Scheduler → the function, every `interval` seconds (the template's rate is for AWS; locally it is short)."""
 
     source = "schedule"
